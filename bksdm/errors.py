@@ -1,0 +1,73 @@
+"""The pack's one error family.
+
+Every message answers four questions a user asks when a loader fails: which file,
+what the pack expected there, what it found, and what to do about it. ComfyUI shows
+the message as the node's error; the server keeps running.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class BKSDMError(Exception):
+    """Base class: a failure the user can act on."""
+
+    title = "cannot use this model"
+
+    def __init__(self, path: str | os.PathLike | None, expected: str, found: str, fix: str):
+        self.path = os.fspath(path) if path is not None else None
+        self.expected = expected
+        self.found = found
+        self.fix = fix
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = f" {self.path}" if self.path else ""
+        return (
+            f"BK-SDM: {self.title}:{where}\n"
+            f"  expected: {self.expected}\n"
+            f"  found:    {self.found}\n"
+            f"  fix:      {self.fix}"
+        )
+
+    def __reduce__(self):  # keep the fields when the error crosses a process boundary
+        return (type(self), (self.path, self.expected, self.found, self.fix))
+
+
+class ModelNotFoundError(BKSDMError):
+    title = "model not found"
+
+
+class InvalidFileError(BKSDMError):
+    """A file that cannot be read safely: truncated, corrupt, lying header, unsafe pickle."""
+
+    title = "unreadable model file"
+
+
+class InvalidConfigError(BKSDMError):
+    title = "invalid model config"
+
+
+class UnsupportedModelError(BKSDMError):
+    """A readable model this pack does not handle (another architecture, unknown blocks)."""
+
+    title = "unsupported model"
+
+
+class WeightsMismatchError(BKSDMError):
+    """Weights that do not fit the layout: missing, unexpected or misshapen tensors."""
+
+    title = "weights do not match the model layout"
+
+
+class DownloadError(BKSDMError):
+    title = "download failed"
+
+
+def summarize(names, limit: int = 6) -> str:
+    """A short, stable listing of names for error messages ('a, b, c and 12 more')."""
+    names = sorted(names)
+    if len(names) <= limit:
+        return ", ".join(names)
+    return f"{', '.join(names[:limit])} and {len(names) - limit} more"

@@ -1,0 +1,177 @@
+"""Diffusers model folders: find them, resolve a user's choice safely, pick their files.
+
+A folder is either a whole pipeline (``model_index.json`` with ``unet/``,
+``text_encoder/``, ``vae/``, ``scheduler/``), as nota-ai publishes BK-SDM, or a bare
+U-Net folder (``config.json`` + weights). Safetensors are always preferred over
+pickles; the ``fp16`` variant files are preferred when the model will run in half
+precision, since they halve what is read from disk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+
+from .errors import InvalidFileError, ModelNotFoundError, UnsupportedModelError
+from .unet_config import read_config
+
+log = logging.getLogger(__name__)
+
+PIPELINE_INDEX = "model_index.json"
+WEIGHT_STEMS = {  # component -> (safetensors stem, pickle stem)
+    "unet": ("diffusion_pytorch_model", "diffusion_pytorch_model"),
+    "vae": ("diffusion_pytorch_model", "diffusion_pytorch_model"),
+    "text_encoder": ("model", "pytorch_model"),
+}
+SD_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+HIDDEN_PREFIX = "."  # staging folders of unfinished downloads are hidden, never listed
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """A resolved model folder: a pipeline, or a bare U-Net."""
+
+    path: str
+    is_pipeline: bool
+
+    @property
+    def unet_dir(self) -> str:
+        return os.path.join(self.path, "unet") if self.is_pipeline else self.path
+
+    def component_dir(self, component: str) -> str:
+        return self.unet_dir if component == "unet" else os.path.join(self.path, component)
+
+
+def _is_unet_folder(path: str) -> bool:
+    config = os.path.join(path, "config.json")
+    if not os.path.isfile(config):
+        return False
+    try:
+        with open(config, encoding="utf-8") as f:
+            return json.load(f).get("_class_name") == "UNet2DConditionModel"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def list_model_folders(roots: list[str]) -> list[str]:
+    """Names (relative, '/'-separated) of the model folders under ``roots``, sorted."""
+    names = set()
+    for root in roots:
+        if not os.path.isdir(root):
+            continue
+        for current, dirs, files in os.walk(root, followlinks=True):
+            dirs[:] = sorted(d for d in dirs if not d.startswith(HIDDEN_PREFIX))
+            if PIPELINE_INDEX in files or (current != root and _is_unet_folder(current)):
+                names.add(os.path.relpath(current, root).replace(os.sep, "/"))
+                dirs[:] = []  # a model's own sub-folders are not models
+    return sorted(names)
+
+
+def resolve_model_folder(name: str, roots: list[str]) -> ModelFolder:
+    """The folder ``name`` refers to under one of ``roots``; refuses names that escape them."""
+    parts = name.replace("\\", "/").split("/")
+    if not name or os.path.isabs(name) or ".." in parts or any(p.startswith(HIDDEN_PREFIX) for p in parts if p):
+        raise ModelNotFoundError(name, "a model folder name inside the diffusers model folders",
+                                 "a name that points outside them (absolute, '..' or hidden)",
+                                 "pick the folder from the node's list")
+    for root in roots:
+        path = os.path.join(root, *parts)
+        if os.path.isdir(path):
+            return open_model_folder(path)
+    raise ModelNotFoundError(name, f"a folder '{name}' in one of: {', '.join(roots) or '(no diffusers folders)'}",
+                             "no such folder",
+                             "put the model folder there (see the README's folder tree), "
+                             "or download it with the BK-SDM download node")
+
+
+def open_model_folder(path: str) -> ModelFolder:
+    if not os.path.isdir(path):
+        raise ModelNotFoundError(path, "a diffusers model folder", "no such folder",
+                                 "check the path, or download the model with the BK-SDM download node")
+    if os.path.isfile(os.path.join(path, PIPELINE_INDEX)):
+        _check_pipeline_index(path)
+        return ModelFolder(path, is_pipeline=True)
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return ModelFolder(path, is_pipeline=False)
+    raise ModelNotFoundError(path, f"a diffusers pipeline folder ({PIPELINE_INDEX}, unet/, text_encoder/, vae/) "
+                             "or a U-Net folder (config.json + weights)",
+                             f"a folder with {_listing(path)}",
+                             "download the whole model repository into this folder")
+
+
+def _listing(path: str) -> str:
+    try:
+        entries = sorted(os.listdir(path))
+    except OSError:
+        return "unreadable contents"
+    return ", ".join(entries[:8]) + (f" and {len(entries) - 8} more" if len(entries) > 8 else "") or "nothing in it"
+
+
+def _check_pipeline_index(path: str) -> None:
+    index_path = os.path.join(path, PIPELINE_INDEX)
+    index = read_config(index_path)
+    pipeline = index.get("_class_name", "")
+    if "unet" not in index and "transformer" in index:
+        raise UnsupportedModelError(index_path, "a U-Net pipeline (SD 1.x / 2.x family)",
+                                    f"a transformer-based pipeline ('{pipeline}')",
+                                    "load it with ComfyUI's own loaders")
+    if "XL" in pipeline:
+        raise UnsupportedModelError(index_path, "an SD 1.x / 2.x pipeline", f"an SDXL pipeline ('{pipeline}')",
+                                    "load SDXL models with ComfyUI's own loaders")
+
+
+def weights_file(folder: ModelFolder, component: str, prefer_half: bool) -> str:
+    """The weight file of a component, safetensors first, fp16 first if ``prefer_half``."""
+    directory = folder.component_dir(component)
+    if not os.path.isdir(directory):
+        raise ModelNotFoundError(directory, f"the '{component}' folder of the pipeline", "no such folder",
+                                 "the download is incomplete: download the model again")
+    safe_stem, pickle_stem = WEIGHT_STEMS[component]
+    variants = (".fp16", "") if prefer_half else ("", ".fp16")
+    candidates = [f"{safe_stem}{v}.safetensors" for v in variants] + [f"{pickle_stem}{v}.bin" for v in variants]
+    for name in candidates:
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            if os.path.getsize(path) == 0:
+                raise InvalidFileError(path, "weights", "an empty file", "the download is incomplete: download it again")
+            return path
+    if any(n.endswith(".index.json") for n in os.listdir(directory)):
+        found = "sharded weights (an .index.json with several parts)"
+    else:
+        found = _listing(directory)
+    raise ModelNotFoundError(directory, f"one of {', '.join(candidates)}", found,
+                             "download the model's weights into this folder (safetensors preferred)")
+
+
+def prediction_type(folder: ModelFolder) -> str:
+    """The prediction type the scheduler config declares ('epsilon' when it says none)."""
+    path = os.path.join(folder.path, "scheduler", "scheduler_config.json")
+    if not folder.is_pipeline or not os.path.isfile(path):
+        log.info("BK-SDM: %s has no scheduler config; assuming epsilon prediction", folder.path)
+        return "epsilon"
+    config = read_config(path)
+    value = config.get("prediction_type", "epsilon")
+    if value not in PREDICTION_TYPES:
+        raise UnsupportedModelError(path, f"'prediction_type' one of {', '.join(PREDICTION_TYPES)}",
+                                    f"'prediction_type': {json.dumps(value)}",
+                                    "this model predicts something ComfyUI's SD sampling does not support")
+    differs = {k: config[k] for k, v in SD_SCHEDULE.items() if k in config and config[k] != v}
+    if differs:
+        log.warning("BK-SDM: %s declares a noise schedule %s that differs from the SD one ComfyUI samples with %s; "
+                    "results may differ from the model's reference pipeline", path, differs, SD_SCHEDULE)
+    return value
+
+
+def fingerprint(paths: list[str]) -> tuple:
+    """Size and modification time of files: changes when weights are replaced on disk."""
+    stamps = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            stamps.append((path, st.st_size, st.st_mtime_ns))
+        except OSError:
+            stamps.append((path, None, None))
+    return tuple(stamps)

@@ -1,0 +1,366 @@
+"""Derive ComfyUI's U-Net config from a diffusers ``unet/config.json``.
+
+ComfyUI's own ``UNetModel`` represents every block-removed BK-SDM layout exactly (a
+per-level ``num_res_blocks``, per-block transformer depths, ``transformer_depth_middle
+= -2`` for "no middle block"); what stock ComfyUI lacks is a way to get there from a
+config it has never seen. This module is that way, for any SD-1.x/2.x-family
+``UNet2DConditionModel``: the nine BK-SDM configs, Segmind's, and the full teachers.
+
+The result, :class:`UNetSpec`, holds the config in exactly the form
+``comfy.model_detection.detect_unet_config`` produces, plus the family (SD 1.x or
+2.x), which decides the text encoder and ComfyUI's model class.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InvalidConfigError, UnsupportedModelError
+
+
+@dataclass(frozen=True)
+class Family:
+    """An SD U-Net family: its conditioning and the attention-head convention ComfyUI uses."""
+
+    name: str
+    title: str
+    context_dim: int
+    linear_projection: bool
+    num_heads: int  # fixed head count, or -1
+    head_channels: int  # fixed head width, or -1
+    text_encoder: str
+
+    def heads_fit(self, channels: int, heads: int) -> bool:
+        if self.num_heads != -1:
+            return heads == self.num_heads
+        return heads > 0 and channels == heads * self.head_channels
+
+
+SD1 = Family("sd1", "SD 1.x", 768, False, 8, -1, "CLIP ViT-L/14")
+SD2 = Family("sd2", "SD 2.x", 1024, True, -1, 64, "OpenCLIP ViT-H/14")
+FAMILIES = {f.name: f for f in (SD1, SD2)}
+
+DOWN_BLOCKS = {"CrossAttnDownBlock2D": True, "DownBlock2D": False}  # type -> has attention
+UP_BLOCKS = {"CrossAttnUpBlock2D": True, "UpBlock2D": False}
+MID_BLOCK = "UNetMidBlock2DCrossAttn"
+NO_MIDDLE = -2  # ComfyUI's transformer_depth_middle for "no middle block"
+
+# Config keys whose value must be the SD default, with the default. A different value
+# means a layer ComfyUI's SD U-Net does not have (or computes differently).
+SD_DEFAULTS: dict[str, Any] = {
+    "act_fn": "silu",
+    "norm_num_groups": 32,
+    "norm_eps": 1e-05,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "time_embedding_type": "positional",
+    "time_embedding_dim": None,
+    "time_embedding_act_fn": None,
+    "timestep_post_act": None,
+    "time_cond_proj_dim": None,
+    "class_embed_type": None,
+    "num_class_embeds": None,
+    "class_embeddings_concat": False,
+    "projection_class_embeddings_input_dim": None,
+    "addition_embed_type": None,
+    "encoder_hid_dim": None,
+    "encoder_hid_dim_type": None,
+    "resnet_time_scale_shift": "default",
+    "resnet_skip_time_act": False,
+    "resnet_out_scale_factor": 1.0,
+    "conv_in_kernel": 3,
+    "conv_out_kernel": 3,
+    "center_input_sample": False,
+    "downsample_padding": 1,
+    "dual_cross_attention": False,
+    "mid_block_scale_factor": 1,
+    "mid_block_only_cross_attention": None,
+    "cross_attention_norm": None,
+    "attention_type": "default",
+    "reverse_transformer_layers_per_block": None,
+    "dropout": 0.0,
+}
+
+# How other diffusers models announce themselves, for a message that names them.
+OTHER_ARCHITECTURES = {
+    "SD3Transformer2DModel": "Stable Diffusion 3 (MMDiT)",
+    "FluxTransformer2DModel": "Flux",
+    "UNet2DModel": "an unconditional U-Net",
+    "UNetSpatioTemporalConditionModel": "Stable Video Diffusion",
+    "PixArtTransformer2DModel": "PixArt",
+}
+
+SEE_ALSO = "load it with ComfyUI's own loaders (Load Checkpoint / Load Diffusion Model)"
+
+
+@dataclass(frozen=True)
+class UNetSpec:
+    """What ComfyUI needs to build a U-Net: its family and its ``UNetModel`` config."""
+
+    family: Family
+    unet_config: dict
+    resolution: int | None = None  # native image size, from the config's sample_size
+
+    @property
+    def levels(self) -> int:
+        return len(self.unet_config["channel_mult"])
+
+    @property
+    def has_middle(self) -> bool:
+        return self.unet_config["transformer_depth_middle"] != NO_MIDDLE
+
+    def describe(self) -> str:
+        c = self.unet_config
+        middle = "no middle block" if not self.has_middle else "middle block"
+        return (
+            f"{self.family.title} U-Net, {self.levels} levels, "
+            f"res blocks per level {c['num_res_blocks']}, {middle}"
+        )
+
+
+def make_unet_config(
+    *,
+    in_channels: int,
+    out_channels: int,
+    model_channels: int,
+    channel_mult: list[int],
+    num_res_blocks: list[int],
+    transformer_depth: list[int],
+    transformer_depth_output: list[int],
+    transformer_depth_middle: int,
+    context_dim: int,
+    use_linear_in_transformer: bool,
+) -> dict:
+    """ComfyUI's U-Net config, keyed and ordered as ``detect_unet_config`` returns it."""
+    return {
+        "use_checkpoint": False,
+        "image_size": 32,
+        "use_spatial_transformer": True,
+        "legacy": False,
+        "adm_in_channels": None,
+        "in_channels": in_channels,
+        "out_channels": out_channels,
+        "model_channels": model_channels,
+        "num_res_blocks": list(num_res_blocks),
+        "transformer_depth": list(transformer_depth),
+        "transformer_depth_output": list(transformer_depth_output),
+        "channel_mult": list(channel_mult),
+        "transformer_depth_middle": transformer_depth_middle,
+        "use_linear_in_transformer": use_linear_in_transformer,
+        "context_dim": context_dim,
+        "use_temporal_resblock": False,
+        "use_temporal_attention": False,
+    }
+
+
+def read_config(path: str | os.PathLike) -> dict:
+    """Read a JSON config, turning every way it can be wrong into one clear error."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except FileNotFoundError:
+        raise InvalidConfigError(path, "a JSON config file", "no such file",
+                                 "re-download the model folder; it is incomplete") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InvalidConfigError(path, "valid JSON", f"unparsable content ({e})",
+                                 "re-download this file; it is corrupt or not JSON") from None
+    if not isinstance(config, dict):
+        raise InvalidConfigError(path, "a JSON object", f"a JSON {type(config).__name__}",
+                                 "re-download this file; it is not a diffusers config")
+    return config
+
+
+def family_for_context_dim(context_dim: int, source) -> Family:
+    for family in FAMILIES.values():
+        if family.context_dim == context_dim:
+            return family
+    if context_dim == 2048:
+        raise UnsupportedModelError(source, "an SD 1.x or 2.x U-Net (cross-attention width 768 or 1024)",
+                                    "an SDXL U-Net (cross-attention width 2048)", SEE_ALSO)
+    raise UnsupportedModelError(source, "cross-attention width 768 (SD 1.x) or 1024 (SD 2.x)",
+                                f"cross-attention width {context_dim}",
+                                "this U-Net belongs to another model family; " + SEE_ALSO)
+
+
+def spec_from_diffusers_config(config: dict, source: str | os.PathLike | None = None) -> UNetSpec:
+    """Derive the :class:`UNetSpec` of a diffusers ``UNet2DConditionModel`` config.
+
+    Raises :class:`UnsupportedModelError` for anything ComfyUI's SD U-Net cannot
+    represent exactly, rather than building a model that is subtly wrong.
+    """
+    _check_class(config, source)
+    # The family first: an SDXL config fails many checks below, but this one names it.
+    context_dim = config.get("cross_attention_dim", 1280)
+    if not isinstance(context_dim, int) or isinstance(context_dim, bool):
+        _unsupported_value(config, "cross_attention_dim", "one integer", source)
+    family = family_for_context_dim(context_dim, source)
+    channels = _int_list(config, "block_out_channels", source)
+    levels = len(channels)
+    down_types = _str_list(config, "down_block_types", levels, source)
+    up_types = _str_list(config, "up_block_types", levels, source)
+    down_attention = [_block_has_attention(t, DOWN_BLOCKS, "down_block_types", source) for t in down_types]
+    up_attention = [_block_has_attention(t, UP_BLOCKS, "up_block_types", source) for t in up_types]
+    num_res_blocks = _per_level(config, "layers_per_block", levels, source, default=2)
+    transformer_layers = _per_level(config, "transformer_layers_per_block", levels, source, default=1)
+    for key, value in SD_DEFAULTS.items():
+        _check_default(config, key, value, source)
+    if any(_as_list(config.get("only_cross_attention", False))):
+        _unsupported_value(config, "only_cross_attention", "false", source)
+
+    model_channels = channels[0]
+    if any(c % model_channels for c in channels):
+        raise UnsupportedModelError(source, "block_out_channels that are multiples of the first",
+                                    f"block_out_channels {channels}", "this is not an SD-family U-Net; " + SEE_ALSO)
+    in_channels = _int(config, "in_channels", source, default=4)
+    out_channels = _int(config, "out_channels", source, default=4)
+    if (in_channels, out_channels) != (4, 4):
+        raise UnsupportedModelError(source, "a text-to-image U-Net with 4 latent channels in and out",
+                                    f"in_channels {in_channels}, out_channels {out_channels} "
+                                    "(an inpainting or image-conditioned U-Net)", SEE_ALSO)
+
+    linear = config.get("use_linear_projection", False)
+    if linear is not family.linear_projection:
+        _unsupported_value(config, "use_linear_projection",
+                           f"{json.dumps(family.linear_projection)} for an {family.title} U-Net", source)
+
+    middle = _middle_depth(config, transformer_layers[-1], source)
+    _check_heads(config, family, channels, down_attention, up_attention, middle != NO_MIDDLE, source)
+
+    transformer_depth = []
+    for level in range(levels):
+        depth = transformer_layers[level] if down_attention[level] else 0
+        transformer_depth += [depth] * num_res_blocks[level]
+    transformer_depth_output = []
+    for level in range(levels):  # ComfyUI lists output depths level by level, shallowest first
+        up_block = levels - 1 - level
+        depth = transformer_layers[level] if up_attention[up_block] else 0
+        transformer_depth_output += [depth] * (num_res_blocks[level] + 1)
+
+    unet_config = make_unet_config(
+        in_channels=in_channels,
+        out_channels=out_channels,
+        model_channels=model_channels,
+        channel_mult=[c // model_channels for c in channels],
+        num_res_blocks=num_res_blocks,
+        transformer_depth=transformer_depth,
+        transformer_depth_output=transformer_depth_output,
+        transformer_depth_middle=middle,
+        context_dim=context_dim,
+        use_linear_in_transformer=linear,
+    )
+    sample_size = config.get("sample_size")
+    resolution = sample_size * 8 if isinstance(sample_size, int) else None
+    return UNetSpec(family=family, unet_config=unet_config, resolution=resolution)
+
+
+def spec_from_config_file(path: str | os.PathLike) -> UNetSpec:
+    return spec_from_diffusers_config(read_config(path), path)
+
+
+# --- helpers -------------------------------------------------------------------------
+
+
+def _check_class(config: dict, source) -> None:
+    name = config.get("_class_name", "UNet2DConditionModel")
+    if name == "UNet2DConditionModel":
+        return
+    what = OTHER_ARCHITECTURES.get(name, f"a '{name}' model")
+    raise UnsupportedModelError(source, "a diffusers UNet2DConditionModel config (SD 1.x / 2.x family)",
+                                f"{what} (_class_name '{name}')", SEE_ALSO)
+
+
+def _found(config: dict, key: str) -> str:
+    return f"'{key}': {json.dumps(config[key])}" if key in config else f"no '{key}'"
+
+
+def _unsupported_value(config: dict, key: str, expected: str, source):
+    raise UnsupportedModelError(source, f"'{key}' {expected}", _found(config, key),
+                                "this U-Net has layers ComfyUI's SD U-Net does not; " + SEE_ALSO)
+
+
+def _check_default(config: dict, key: str, default, source) -> None:
+    value = config.get(key, default)
+    same = value == default and type(value) is type(default) if isinstance(default, bool) else value == default
+    if not same:
+        _unsupported_value(config, key, json.dumps(default), source)
+
+
+def _int(config: dict, key: str, source, default: int) -> int:
+    value = config.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise InvalidConfigError(source, f"'{key}' a positive integer", _found(config, key),
+                                 "re-download the config; it is damaged")
+    return value
+
+
+def _int_list(config: dict, key: str, source) -> list[int]:
+    value = config.get(key)
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+        raise InvalidConfigError(source, f"'{key}' a non-empty list of positive integers", _found(config, key),
+                                 "re-download the config; it is damaged or not a U-Net config")
+    return value
+
+
+def _str_list(config: dict, key: str, length: int, source) -> list[str]:
+    value = config.get(key)
+    if not isinstance(value, list) or len(value) != length or not all(isinstance(v, str) for v in value):
+        raise InvalidConfigError(source, f"'{key}' a list of {length} block type names (one per level)",
+                                 _found(config, key), "re-download the config; it is damaged")
+    return value
+
+
+def _block_has_attention(block_type: str, known: dict[str, bool], key: str, source) -> bool:
+    if block_type not in known:
+        raise UnsupportedModelError(source, f"'{key}' entries from {sorted(known)}",
+                                    f"block type '{block_type}'",
+                                    "this U-Net has blocks ComfyUI's SD U-Net does not; " + SEE_ALSO)
+    return known[block_type]
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def _per_level(config: dict, key: str, levels: int, source, default: int) -> list[int]:
+    value = config.get(key, default)
+    values = [value] * levels if isinstance(value, int) and not isinstance(value, bool) else value
+    if (not isinstance(values, list) or len(values) != levels
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)):
+        raise UnsupportedModelError(source, f"'{key}' a positive integer or one per level ({levels})",
+                                    _found(config, key), SEE_ALSO)
+    return values
+
+
+def _middle_depth(config: dict, depth: int, source) -> int:
+    # diffusers: an absent key means the default middle block, null means none.
+    mid_type = config.get("mid_block_type", MID_BLOCK)
+    if mid_type is None:
+        return NO_MIDDLE
+    if mid_type != MID_BLOCK:
+        _unsupported_value(config, "mid_block_type", f"'{MID_BLOCK}' or null", source)
+    return depth
+
+
+def _check_heads(config, family: Family, channels, down_attention, up_attention, has_middle, source) -> None:
+    # diffusers' "attention_head_dim" is really the head count (a long-standing misnomer);
+    # newer configs may say "num_attention_heads" instead.
+    heads = config.get("num_attention_heads") or config.get("attention_head_dim", 8)
+    key = "num_attention_heads" if config.get("num_attention_heads") else "attention_head_dim"
+    per_level = _as_list(heads) * (len(channels) if not isinstance(heads, list) else 1)
+    if len(per_level) != len(channels) or not all(isinstance(h, int) and not isinstance(h, bool) for h in per_level):
+        raise InvalidConfigError(source, f"'{key}' an integer or one per level ({len(channels)})",
+                                 _found(config, key), "re-download the config; it is damaged")
+    attended = [lvl for lvl in range(len(channels)) if down_attention[lvl] or up_attention[len(channels) - 1 - lvl]]
+    if has_middle:
+        attended.append(len(channels) - 1)
+    for level in attended:
+        if not family.heads_fit(channels[level], per_level[level]):
+            convention = (f"{family.num_heads} heads" if family.num_heads != -1
+                          else f"{family.head_channels}-channel heads")
+            raise UnsupportedModelError(source, f"{convention}, as every {family.title} U-Net has",
+                                        f"{_found(config, key)} for block_out_channels {channels}",
+                                        "ComfyUI's " + family.title + " model class fixes the attention heads; " + SEE_ALSO)

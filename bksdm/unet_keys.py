@@ -1,0 +1,209 @@
+"""Every tensor of an SD-family U-Net, under both of its names.
+
+:func:`unet_tensors` walks a ComfyUI U-Net config block by block, in the order
+ComfyUI's ``UNetModel`` builds them, and yields each tensor's diffusers name, its
+ComfyUI/LDM name and its shape. That one walk is the key map, the validator (the exact
+set of tensors a layout must have) and the parameter counter; nothing else in the pack
+spells out U-Net key names.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+
+from .errors import WeightsMismatchError, summarize
+from .unet_config import NO_MIDDLE
+
+# ResBlock parameters: (LDM name, diffusers name); shapes depend on in/out channels.
+RESNET_NAMES = (
+    ("in_layers.0", "norm1"),
+    ("in_layers.2", "conv1"),
+    ("emb_layers.1", "time_emb_proj"),
+    ("out_layers.0", "norm2"),
+    ("out_layers.3", "conv2"),
+    ("skip_connection", "conv_shortcut"),
+)
+
+
+@dataclass(frozen=True)
+class UNetTensor:
+    diffusers: str
+    ldm: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Block:
+    """One module of the U-Net under both names, e.g. the student's 'up_blocks.1.resnets.1'."""
+
+    diffusers: str
+    ldm: str
+    kind: str  # "resnet" | "attention" | "downsampler" | "upsampler" | "stem"
+
+
+def _resnet(d: str, ldm: str, cin: int, cout: int, emb: int) -> Iterator[UNetTensor]:
+    shapes = {
+        "norm1": ((cin,), (cin,)),
+        "conv1": ((cout, cin, 3, 3), (cout,)),
+        "time_emb_proj": ((cout, emb), (cout,)),
+        "norm2": ((cout,), (cout,)),
+        "conv2": ((cout, cout, 3, 3), (cout,)),
+        "conv_shortcut": ((cout, cin, 1, 1), (cout,)),
+    }
+    for ldm_name, d_name in RESNET_NAMES:
+        if d_name == "conv_shortcut" and cin == cout:
+            continue
+        weight, bias = shapes[d_name]
+        yield UNetTensor(f"{d}.{d_name}.weight", f"{ldm}.{ldm_name}.weight", weight)
+        yield UNetTensor(f"{d}.{d_name}.bias", f"{ldm}.{ldm_name}.bias", bias)
+
+
+def _attention(d: str, ldm: str, ch: int, depth: int, context_dim: int, linear: bool) -> Iterator[UNetTensor]:
+    # Names are identical in both layouts; inner width equals ch for every SD family.
+    proj = (ch, ch) if linear else (ch, ch, 1, 1)
+    params = [("norm.weight", (ch,)), ("norm.bias", (ch,)), ("proj_in.weight", proj), ("proj_in.bias", (ch,))]
+    for t in range(depth):
+        b = f"transformer_blocks.{t}."
+        for norm in ("norm1", "norm2", "norm3"):
+            params += [(f"{b}{norm}.weight", (ch,)), (f"{b}{norm}.bias", (ch,))]
+        for attn, kv_in in (("attn1", ch), ("attn2", context_dim)):
+            params += [(f"{b}{attn}.to_q.weight", (ch, ch)), (f"{b}{attn}.to_k.weight", (ch, kv_in)),
+                       (f"{b}{attn}.to_v.weight", (ch, kv_in)), (f"{b}{attn}.to_out.0.weight", (ch, ch)),
+                       (f"{b}{attn}.to_out.0.bias", (ch,))]
+        params += [(f"{b}ff.net.0.proj.weight", (8 * ch, ch)), (f"{b}ff.net.0.proj.bias", (8 * ch,)),
+                   (f"{b}ff.net.2.weight", (ch, 4 * ch)), (f"{b}ff.net.2.bias", (ch,))]
+    params += [("proj_out.weight", proj), ("proj_out.bias", (ch,))]
+    for name, shape in params:
+        yield UNetTensor(f"{d}.{name}", f"{ldm}.{name}", shape)
+
+
+def _conv(d: str, ldm: str, cin: int, cout: int, k: int = 3) -> Iterator[UNetTensor]:
+    yield UNetTensor(f"{d}.weight", f"{ldm}.weight", (cout, cin, k, k))
+    yield UNetTensor(f"{d}.bias", f"{ldm}.bias", (cout,))
+
+
+def unet_blocks(unet_config: dict) -> Iterator[tuple[Block, list[UNetTensor]]]:
+    """Yield each module of the U-Net with its tensors, in ComfyUI's construction order."""
+    c = unet_config
+    mc, levels = c["model_channels"], len(c["channel_mult"])
+    emb, ctx, linear = 4 * mc, c["context_dim"], c["use_linear_in_transformer"]
+    depth_in, depth_out = list(c["transformer_depth"]), list(c["transformer_depth_output"])
+
+    stem = [UNetTensor("time_embedding.linear_1.weight", "time_embed.0.weight", (emb, mc)),
+            UNetTensor("time_embedding.linear_1.bias", "time_embed.0.bias", (emb,)),
+            UNetTensor("time_embedding.linear_2.weight", "time_embed.2.weight", (emb, emb)),
+            UNetTensor("time_embedding.linear_2.bias", "time_embed.2.bias", (emb,))]
+    yield Block("time_embedding", "time_embed", "stem"), stem
+    yield Block("conv_in", "input_blocks.0.0", "stem"), list(_conv("conv_in", "input_blocks.0.0", c["in_channels"], mc))
+
+    ch, skips, n = mc, [mc], 1
+    for level, mult in enumerate(c["channel_mult"]):
+        for i in range(c["num_res_blocks"][level]):
+            d, ldm, cout = f"down_blocks.{level}.resnets.{i}", f"input_blocks.{n}.0", mult * mc
+            yield Block(d, ldm, "resnet"), list(_resnet(d, ldm, ch, cout, emb))
+            ch = cout
+            depth = depth_in.pop(0)
+            if depth:
+                d, ldm = f"down_blocks.{level}.attentions.{i}", f"input_blocks.{n}.1"
+                yield Block(d, ldm, "attention"), list(_attention(d, ldm, ch, depth, ctx, linear))
+            skips.append(ch)
+            n += 1
+        if level != levels - 1:
+            d, ldm = f"down_blocks.{level}.downsamplers.0.conv", f"input_blocks.{n}.0.op"
+            yield Block(d, ldm, "downsampler"), list(_conv(d, ldm, ch, ch))
+            skips.append(ch)
+            n += 1
+
+    middle = c["transformer_depth_middle"]
+    if middle != NO_MIDDLE:
+        yield Block("mid_block.resnets.0", "middle_block.0", "resnet"), \
+            list(_resnet("mid_block.resnets.0", "middle_block.0", ch, ch, emb))
+        if middle > 0:
+            yield Block("mid_block.attentions.0", "middle_block.1", "attention"), \
+                list(_attention("mid_block.attentions.0", "middle_block.1", ch, middle, ctx, linear))
+        yield Block("mid_block.resnets.1", "middle_block.2", "resnet"), \
+            list(_resnet("mid_block.resnets.1", "middle_block.2", ch, ch, emb))
+
+    n = 0
+    for level in reversed(range(levels)):
+        up = levels - 1 - level
+        for i in range(c["num_res_blocks"][level] + 1):
+            d, ldm, cout = f"up_blocks.{up}.resnets.{i}", f"output_blocks.{n}.0", c["channel_mult"][level] * mc
+            yield Block(d, ldm, "resnet"), list(_resnet(d, ldm, ch + skips.pop(), cout, emb))
+            ch, slot = cout, 1
+            depth = depth_out.pop()
+            if depth:
+                d, ldm = f"up_blocks.{up}.attentions.{i}", f"output_blocks.{n}.1"
+                yield Block(d, ldm, "attention"), list(_attention(d, ldm, ch, depth, ctx, linear))
+                slot = 2
+            if level and i == c["num_res_blocks"][level]:
+                d, ldm = f"up_blocks.{up}.upsamplers.0.conv", f"output_blocks.{n}.{slot}.conv"
+                yield Block(d, ldm, "upsampler"), list(_conv(d, ldm, ch, ch))
+            n += 1
+
+    out = [UNetTensor("conv_norm_out.weight", "out.0.weight", (mc,)),
+           UNetTensor("conv_norm_out.bias", "out.0.bias", (mc,)),
+           *_conv("conv_out", "out.2", mc, c["out_channels"])]
+    yield Block("conv_out", "out", "stem"), out
+
+
+def _freeze(unet_config: dict) -> tuple:
+    return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(unet_config.items()))
+
+
+@lru_cache(maxsize=32)
+def _tensors(frozen_config: tuple) -> tuple[UNetTensor, ...]:
+    config = {k: list(v) if isinstance(v, tuple) else v for k, v in frozen_config}
+    return tuple(t for _, tensors in unet_blocks(config) for t in tensors)
+
+
+def unet_tensors(unet_config: dict) -> tuple[UNetTensor, ...]:
+    """All tensors of the U-Net a ComfyUI config describes (cached: configs repeat)."""
+    return _tensors(_freeze(unet_config))
+
+
+def parameter_count(unet_config: dict) -> int:
+    return sum(math.prod(t.shape) for t in unet_tensors(unet_config))
+
+
+def diffusers_to_ldm(unet_config: dict) -> dict[str, str]:
+    return {t.diffusers: t.ldm for t in unet_tensors(unet_config)}
+
+
+def check_tensors(found: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]],
+                  source, layout: str) -> None:
+    """Raise unless ``found`` (name -> shape) holds exactly the ``expected`` tensors."""
+    missing = expected.keys() - found.keys()
+    unexpected = found.keys() - expected.keys()
+    misshapen = {k for k in expected.keys() & found.keys() if tuple(found[k]) != tuple(expected[k])}
+    if not (missing or unexpected or misshapen):
+        return
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing ({summarize(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected ({summarize(unexpected)})")
+    if misshapen:
+        k = sorted(misshapen)[0]
+        problems.append(f"{len(misshapen)} with other shapes (e.g. {k}: {tuple(found[k])} instead of {tuple(expected[k])})")
+    raise WeightsMismatchError(
+        source, f"the {len(expected)} tensors of {layout}", "; ".join(problems),
+        "the weights belong to another model or are incomplete: re-download them, "
+        "or check that config.json and the weights come from the same model")
+
+
+def convert_diffusers_unet(state_dict: Mapping, unet_config: dict, source, layout: str) -> dict:
+    """Rename a diffusers U-Net state dict to ComfyUI's names, failing on any missing,
+    unexpected or misshapen tensor. Tensors are not copied."""
+    tensors = unet_tensors(unet_config)
+    check_tensors({k: tuple(v.shape) for k, v in state_dict.items()},
+                  {t.diffusers: t.shape for t in tensors}, source, layout)
+    return {t.ldm: state_dict[t.diffusers] for t in tensors}
+
+
+def check_ldm_unet(state_dict: Mapping, unet_config: dict, source, layout: str) -> None:
+    check_tensors({k: tuple(v.shape) for k, v in state_dict.items()},
+                  {t.ldm: t.shape for t in unet_tensors(unet_config)}, source, layout)

@@ -1,0 +1,165 @@
+"""Read weight files safely: safetensors checked before it is mapped, pickles never run.
+
+A ``.safetensors`` header is validated here first (sizes, offsets, dtypes) so a
+truncated download or a header that lies about its sizes gets an error naming the file
+instead of a Rust panic or a crash later. Tensors are then memory-mapped, not copied.
+``.bin`` / ``.ckpt`` pickles are opened with ``torch.load(weights_only=True)``: a pickle
+that asks for anything but tensors and plain containers is refused, never executed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import struct
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .errors import InvalidFileError
+
+SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth")
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+               "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+REDOWNLOAD = "the file is damaged or incomplete: delete it and download it again"
+
+
+@dataclass(frozen=True)
+class Header:
+    """A safetensors header: tensor shapes and dtypes, and the free-form metadata."""
+
+    shapes: dict[str, tuple[int, ...]]
+    dtypes: dict[str, str]
+    metadata: dict[str, str]
+
+
+def is_safetensors(path: str | os.PathLike) -> bool:
+    return os.fspath(path).lower().endswith(SAFETENSORS_SUFFIXES)
+
+
+def read_safetensors_header(path: str | os.PathLike) -> Header:
+    """Parse and validate a safetensors header without reading any tensor data."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                raise InvalidFileError(path, "a safetensors file (an 8-byte header length, then a JSON header)",
+                                       f"{size} bytes", REDOWNLOAD)
+            (length,) = struct.unpack("<Q", prefix)
+            if length > min(MAX_HEADER_BYTES, size - 8):
+                raise InvalidFileError(path, "a header that fits in the file",
+                                       f"a header of {length} bytes in a file of {size} bytes",
+                                       f"this is not a safetensors file, or {REDOWNLOAD}")
+            raw = f.read(length)
+    except OSError as e:
+        raise InvalidFileError(path, "a readable file", f"{type(e).__name__}: {e.strerror or e}",
+                               "check the path and its permissions") from None
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise InvalidFileError(path, "a JSON safetensors header", "unparsable bytes",
+                               f"this is not a safetensors file, or {REDOWNLOAD}") from None
+    if not isinstance(header, dict):
+        raise InvalidFileError(path, "a JSON object as header", type(header).__name__, REDOWNLOAD)
+    metadata = header.pop("__metadata__", None) or {}
+    return _validate(path, header, metadata, data_bytes=size - 8 - length)
+
+
+def _validate(path, header: dict, metadata, data_bytes: int) -> Header:
+    shapes, dtypes, spans = {}, {}, []
+    for name, info in header.items():
+        try:
+            dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
+            ok = (dtype in DTYPE_BYTES and isinstance(shape, list)
+                  and all(isinstance(d, int) and d >= 0 for d in shape) and isinstance(begin, int)
+                  and isinstance(end, int))
+        except (TypeError, KeyError, ValueError):
+            ok = False
+        if not ok:
+            raise InvalidFileError(path, "dtype, shape and data_offsets for every tensor",
+                                   f"a malformed entry for '{name}'", REDOWNLOAD)
+        nbytes = math.prod(shape) * DTYPE_BYTES[dtype]
+        if not 0 <= begin <= end <= data_bytes or end - begin != nbytes:
+            raise InvalidFileError(
+                path, f"'{name}' ({dtype} {shape}) to take {nbytes} bytes inside the {data_bytes}-byte data section",
+                f"data_offsets [{begin}, {end}]", REDOWNLOAD)
+        shapes[name], dtypes[name] = tuple(shape), dtype
+        spans.append((begin, end))
+    spans.sort()
+    covered = 0
+    for begin, end in spans:
+        if begin != covered:
+            raise InvalidFileError(path, "tensors packed back to back in the data section",
+                                   f"a gap or overlap at byte {begin}", REDOWNLOAD)
+        covered = end
+    if covered != data_bytes:
+        raise InvalidFileError(path, f"{covered} bytes of tensor data", f"{data_bytes} bytes", REDOWNLOAD)
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise InvalidFileError(path, "string metadata", "non-string metadata values", REDOWNLOAD)
+    return Header(shapes, dtypes, metadata)
+
+
+def tensor_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of a weight file's tensors; reads only the header of safetensors."""
+    if is_safetensors(path):
+        return read_safetensors_header(path).shapes
+    return {k: tuple(v.shape) for k, v in load_state_dict(path)[0].items()}
+
+
+def load_state_dict(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
+    """Load a weight file as (state dict, metadata). Safetensors are memory-mapped."""
+    path = os.fspath(path)
+    if is_safetensors(path):
+        return _load_safetensors(path)
+    if path.lower().endswith(PICKLE_SUFFIXES):
+        return _load_pickle(path), {}
+    raise InvalidFileError(path, f"a weight file ({', '.join(SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES)})",
+                           f"a '{os.path.splitext(path)[1] or 'extensionless'}' file",
+                           "choose a .safetensors file (preferred) or a PyTorch .bin/.ckpt")
+
+
+def _load_safetensors(path: str) -> tuple[dict, dict[str, str]]:
+    import safetensors
+
+    header = read_safetensors_header(path)
+    try:
+        with safetensors.safe_open(path, framework="pt", device="cpu") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, header.metadata
+    except Exception as e:  # the header was valid, so this is the data itself
+        raise InvalidFileError(path, "a readable safetensors file", f"{type(e).__name__}: {e}", REDOWNLOAD) from None
+
+
+def _load_pickle(path: str) -> dict:
+    import torch
+
+    try:
+        mmap = zipfile.is_zipfile(path)  # torch can map only the zip format, not legacy pickles
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        raise InvalidFileError(
+            path, "a pickle holding only tensors", f"a pickle that asks to run or build other objects ({e})",
+            "it was refused, not executed. Use the model's .safetensors file instead; "
+            "only load pickles from sources you trust") from None
+    except (RuntimeError, EOFError, OSError, ValueError, struct.error, zipfile.BadZipFile) as e:
+        raise InvalidFileError(path, "a PyTorch weight file", f"{type(e).__name__}: {e}", REDOWNLOAD) from None
+    return unwrap_state_dict(loaded, path)
+
+
+def unwrap_state_dict(loaded, path) -> dict:
+    """The tensors of a loaded pickle, which may wrap them in {'state_dict': ...}."""
+    import torch
+
+    if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, Mapping) or not loaded:
+        raise InvalidFileError(path, "a mapping of tensor names to tensors", f"a {type(loaded).__name__}", REDOWNLOAD)
+    tensors = {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise InvalidFileError(path, "tensors", "no tensors", REDOWNLOAD)
+    return tensors

@@ -1,0 +1,159 @@
+"""Run ComfyUI inside this process, headless: find a checkout, start it with this pack, run prompts.
+
+This is how the main job and the integration tests drive a real ComfyUI without its
+web server: ComfyUI's own argument parser, node registry, prompt validation and
+``PromptExecutor``, with a small sink in place of the websocket server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PACK_DIR = Path(__file__).resolve().parents[1]
+
+
+class HostError(RuntimeError):
+    """ComfyUI could not be found or started, or a prompt failed."""
+
+
+def comfyui_candidates() -> list[Path]:
+    """Where a ComfyUI checkout is looked for, in order."""
+    if os.environ.get("COMFYUI_PATH"):
+        return [Path(os.environ["COMFYUI_PATH"]).expanduser()]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return [PACK_DIR.parent.parent,  # this pack installed in ComfyUI/custom_nodes/
+            PACK_DIR.parent / "ComfyUI",  # a checkout beside this repository
+            cache / "ComfyUI"]
+
+
+def is_comfyui(path: Path) -> bool:
+    return all((path / name).is_file() for name in ("main.py", "nodes.py", "folder_paths.py", "comfy/sd.py"))
+
+
+def find_comfyui() -> Path | None:
+    return next((p.resolve() for p in comfyui_candidates() if is_comfyui(p)), None)
+
+
+def where_searched() -> str:
+    return ", ".join(str(p) for p in comfyui_candidates())
+
+
+def configure(comfy_path: Path | None, comfy_args: Sequence[str]) -> None:
+    """Make ``comfy_path`` importable and parse ``comfy_args`` as ComfyUI's command line.
+
+    With ``comfy_path`` None, the ``comfy`` package already on sys.path is used. Must run
+    before anything imports ``comfy``; a second call changes nothing.
+    """
+    if "comfy.cli_args" in sys.modules:
+        return
+    if comfy_path is not None:
+        sys.path.insert(0, str(comfy_path))
+    import comfy.options
+
+    comfy.options.enable_args_parsing()
+    saved, sys.argv = sys.argv, ["comfyui", *comfy_args]
+    try:
+        import comfy.cli_args  # noqa: F401  (parses sys.argv once, at import)
+    finally:
+        sys.argv = saved
+
+
+class HeadlessServer:
+    """What ``PromptExecutor`` reports to: progress goes to the log, not to browsers."""
+
+    def __init__(self):
+        self.client_id = None
+        self.last_node_id = None
+        self.last_prompt_id = None
+        self.sockets_metadata = {}
+
+    def send_sync(self, event, data, sid=None):
+        if event == "execution_error":
+            log.error("ComfyUI: %s in node %s: %s", data.get("exception_type"), data.get("node_id"),
+                      data.get("exception_message"))
+        else:
+            log.debug("ComfyUI event %s", event)
+
+    def queue_updated(self):
+        pass
+
+    def send_progress_text(self, text, node_id, sid=None):
+        log.debug("ComfyUI node %s: %s", node_id, text)
+
+
+class Host:
+    """A started, in-process ComfyUI with this pack loaded."""
+
+    def __init__(self, comfy_path: Path):
+        import execution
+        import nodes
+
+        self.path = comfy_path
+        self.nodes = nodes
+        self.server = HeadlessServer()
+        self.executor = execution.PromptExecutor(self.server)
+
+    def node_info(self, class_type: str) -> dict:
+        """The node's input definition, as the server's /object_info reports it."""
+        cls = self.nodes.NODE_CLASS_MAPPINGS.get(class_type)
+        if cls is None:
+            raise HostError(f"the workflow uses node '{class_type}', which this ComfyUI does not have")
+        if hasattr(cls, "GET_NODE_INFO_V1"):
+            return cls.GET_NODE_INFO_V1()
+        inputs = cls.INPUT_TYPES()
+        return {"input": inputs, "input_order": {k: list(v) for k, v in inputs.items()}}
+
+    def run(self, prompt: dict) -> dict:
+        """Validate and execute an API-format prompt; return its outputs by node id."""
+        import execution
+
+        prompt_id = uuid.uuid4().hex
+        valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
+        if not valid:
+            raise HostError(f"ComfyUI refused the workflow: {error}\n{node_errors}")
+        self.executor.execute(prompt, prompt_id, {}, outputs)
+        if not self.executor.success:
+            errors = [data for event, data in self.executor.status_messages if event == "execution_error"]
+            message = errors[0]["exception_message"] if errors else "see the log"
+            raise HostError(f"ComfyUI failed to run the workflow: {message}")
+        return self.executor.history_result["outputs"]
+
+
+_HOST: Host | None = None
+
+
+def start(comfy_path: Path, comfy_args: Sequence[str] = ()) -> Host:
+    """Start ComfyUI in this process (once) with its built-in nodes and this pack."""
+    global _HOST
+    if _HOST is not None:
+        return _HOST
+    configure(comfy_path, comfy_args)
+    import utils.extra_config  # noqa: F401  (ComfyUI imports it before nodes; else 'utils' is not a package)
+
+    import folder_paths
+    import nodes
+    from comfy.cli_args import args
+
+    given = [Path(p) for group in args.extra_model_paths_config or [] for p in group]  # nargs="+" and append
+    for config in [comfy_path / "extra_model_paths.yaml", *given]:
+        if config.is_file():
+            utils.extra_config.load_extra_path_config(str(config))
+    if args.output_directory:
+        folder_paths.set_output_directory(os.path.abspath(args.output_directory))
+    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    if not asyncio.run(nodes.load_custom_node(str(PACK_DIR))):
+        raise HostError(f"ComfyUI could not load this pack from {PACK_DIR}; see the log above")
+    _HOST = Host(comfy_path)
+    return _HOST
+
+
+if __name__ == "__main__":  # scripts/env.sh asks where ComfyUI is
+    sys.stdout.write(f"{find_comfyui() or ''}\n")

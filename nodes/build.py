@@ -1,0 +1,79 @@
+"""Turn validated state dicts into ComfyUI MODEL / CLIP / VAE with stock ComfyUI calls.
+
+The U-Net becomes a plain ``ModelPatcher`` around ComfyUI's own ``UNetModel`` inside
+ComfyUI's own SD 1.x / SD 2.x model class, so LoRA, ControlNet, model merging, the
+model-patching nodes and Save Checkpoint treat it like any other SD model. The steps
+are those of ``comfy.sd.load_diffusion_model_state_dict`` minus its layout guessing,
+which cannot recognise BK-SDM; the config comes from ``bksdm`` instead. Text encoder and
+VAE go through ComfyUI's own loaders unchanged.
+"""
+
+from __future__ import annotations
+
+import comfy.model_base
+import comfy.model_management
+import comfy.model_patcher
+import comfy.sd
+import comfy.supported_models
+import torch
+
+from ..bksdm.components import UNetWeights
+from ..bksdm.unet_config import UNetSpec
+from ..bksdm.unet_keys import parameter_count
+
+MODEL_CLASSES = {"sd1": comfy.supported_models.SD15, "sd2": comfy.supported_models.SD20}
+MODEL_TYPES = {"epsilon": comfy.model_base.ModelType.EPS, "v_prediction": comfy.model_base.ModelType.V_PREDICTION}
+
+# The core U-Net loader's choices, plus the plain float types.
+WEIGHT_DTYPES = {
+    "default": None,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+    "fp32": torch.float32,
+    "fp8_e4m3fn": torch.float8_e4m3fn,
+    "fp8_e4m3fn_fast": torch.float8_e4m3fn,
+    "fp8_e5m2": torch.float8_e5m2,
+}
+HALF_FILE_DTYPES = (torch.float16, torch.float8_e4m3fn, torch.float8_e5m2)  # the fp16 files lose them nothing
+
+
+def unet_dtype(weight_dtype: str, spec: UNetSpec) -> torch.dtype:
+    """The dtype the U-Net will be stored in: the user's choice, or ComfyUI's for this device."""
+    chosen = WEIGHT_DTYPES[weight_dtype]
+    if chosen is not None:
+        return chosen
+    supported = MODEL_CLASSES[spec.family.name].supported_inference_dtypes
+    return comfy.model_management.unet_dtype(model_params=parameter_count(spec.unet_config),
+                                             supported_dtypes=supported)
+
+
+def prefers_half_files(dtype: torch.dtype) -> bool:
+    return dtype in HALF_FILE_DTYPES
+
+
+def build_model(unet: UNetWeights, dtype: torch.dtype, prediction: str, fp8_fast: bool = False):
+    """A ModelPatcher around ComfyUI's UNetModel, built from the derived config."""
+    model_config = MODEL_CLASSES[unet.spec.family.name](unet.spec.unet_config)
+    load_device = comfy.model_management.get_torch_device()
+    offload_device = comfy.model_management.unet_offload_device()
+    manual_cast = comfy.model_management.unet_manual_cast(dtype, load_device, model_config.supported_inference_dtypes)
+    model_config.set_inference_dtype(dtype, manual_cast)
+    if fp8_fast:
+        model_config.optimizations["fp8"] = True
+    # BaseModel is what model_config.get_model() builds; calling it directly lets the
+    # prediction type come from the scheduler config instead of a weight heuristic.
+    model = comfy.model_base.BaseModel(model_config, model_type=MODEL_TYPES[prediction], device=offload_device)
+    model.load_model_weights(unet.state_dict, "")
+    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+
+
+def build_clip(text_encoder: dict, embedding_directory: list[str] | None = None, model_options: dict | None = None):
+    return comfy.sd.load_text_encoder_state_dicts(
+        [text_encoder], embedding_directory=embedding_directory,
+        clip_type=comfy.sd.CLIPType.STABLE_DIFFUSION, model_options=model_options or {})
+
+
+def build_vae(vae: dict):
+    model = comfy.sd.VAE(sd=vae)
+    model.throw_exception_if_invalid()
+    return model

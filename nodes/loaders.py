@@ -1,0 +1,187 @@
+"""The BK-SDM loader nodes: a pipeline folder, its U-Net alone, or a single-file checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import comfy.utils
+import folder_paths
+from comfy_api.latest import io
+
+from ..bksdm import components, pipeline
+from ..bksdm.unet_keys import parameter_count
+from ..bksdm.variants import classify_layout
+from ..bksdm.weights import load_state_dict
+from .build import WEIGHT_DTYPES, build_clip, build_model, build_vae, prefers_half_files, unet_dtype
+
+log = logging.getLogger(__name__)
+
+CATEGORY = "loaders/BK-SDM"
+PREDICTIONS = ("auto", "epsilon", "v_prediction")
+
+MODEL_TIP = "The BK-SDM U-Net as a standard SD MODEL: use it with KSampler, LoRA, ControlNet, patch and merge nodes."
+DTYPE_TIP = ("Precision the U-Net weights are stored in. 'default' lets ComfyUI choose for your GPU; the fp16 "
+             "files of the folder are read when the choice is fp16 or fp8. fp8 saves memory at some quality cost.")
+PREDICTION_TIP = ("What the U-Net predicts. 'auto' reads the model's scheduler config (the released BK-SDM models "
+                  "predict noise, 'epsilon'); choose 'v_prediction' for v-prediction conversions.")
+
+
+def diffusers_roots() -> list[str]:
+    return folder_paths.get_folder_paths("diffusers")
+
+
+def embedding_directories() -> list[str]:
+    return folder_paths.get_folder_paths("embeddings")
+
+
+def _dtype_input() -> io.Combo.Input:
+    return io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default", tooltip=DTYPE_TIP)
+
+
+def _prediction_input() -> io.Combo.Input:
+    return io.Combo.Input("prediction", options=list(PREDICTIONS), default="auto", tooltip=PREDICTION_TIP)
+
+
+def _folder_input() -> io.Combo.Input:
+    return io.Combo.Input("model_name", options=pipeline.list_model_folders(diffusers_roots()),
+                          tooltip="A BK-SDM model folder (diffusers layout) from models/diffusers.")
+
+
+def _load_folder_unet(model_name: str, weight_dtype: str, prediction: str):
+    """Load a folder's U-Net as MODEL; returns (folder, MODEL, U-Net spec, fp16 files preferred)."""
+    folder = pipeline.resolve_model_folder(model_name, diffusers_roots())
+    spec = components.read_unet_spec(folder)
+    # Without a config.json the layout (so ComfyUI's default dtype) is known only after reading the weights.
+    dtype = unet_dtype(weight_dtype, spec) if spec else WEIGHT_DTYPES[weight_dtype]
+    half = dtype is not None and prefers_half_files(dtype)
+    unet = components.load_unet(folder, prefer_half=half)
+    dtype = dtype or unet_dtype(weight_dtype, unet.spec)
+    resolved = pipeline.prediction_type(folder) if prediction == "auto" else prediction
+    model = build_model(unet, dtype, resolved, fp8_fast=weight_dtype == "fp8_e4m3fn_fast")
+    _log_loaded(model_name, unet, dtype, resolved)
+    return folder, model, unet.spec, half
+
+
+def _log_loaded(name: str, unet: components.UNetWeights, dtype, prediction: str) -> None:
+    params = parameter_count(unet.spec.unet_config) / 1e6
+    log.info("BK-SDM: loaded %s: %s layout, %s, %.1f M parameters, %s from %s, %s",
+             name, classify_layout(unet.spec), unet.spec.family.title, params, dtype,
+             os.path.basename(unet.source), prediction)
+
+
+def _folder_fingerprint(model_name: str) -> tuple:
+    """Changes when the folder's files are replaced on disk, so the cached model is dropped."""
+    try:
+        folder = pipeline.resolve_model_folder(model_name, diffusers_roots())
+    except Exception:  # execute() reports the problem; here it only means "no cache hit"
+        return (model_name, None)
+    files = []
+    for root, _, names in os.walk(folder.path):
+        files += [os.path.join(root, n) for n in sorted(names)]
+    return (model_name, pipeline.fingerprint(files))
+
+
+class PipelineLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="BKSDMPipelineLoader",
+            display_name="Load BK-SDM Pipeline",
+            category=CATEGORY,
+            description="Loads a BK-SDM model folder (the diffusers layout nota-ai publishes) as a standard "
+                        "Stable Diffusion MODEL, CLIP and VAE. Works for all nine BK-SDM variants, Segmind's "
+                        "small-sd/tiny-sd and full SD 1.x/2.x pipelines.",
+            inputs=[_folder_input(), _dtype_input(), _prediction_input()],
+            outputs=[
+                io.Model.Output(tooltip=MODEL_TIP),
+                io.Clip.Output(tooltip="The text encoder BK-SDM shares with its teacher (CLIP-L for SD 1.x "
+                                       "variants, OpenCLIP-H for SD 2.x), for CLIP Text Encode and embeddings."),
+                io.Vae.Output(tooltip="The teacher's VAE, for VAE Decode / Encode."),
+            ],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, model_name, weight_dtype, prediction):
+        return _folder_fingerprint(model_name)
+
+    @classmethod
+    def execute(cls, model_name, weight_dtype, prediction) -> io.NodeOutput:
+        progress = comfy.utils.ProgressBar(3)
+        folder, model, spec, half = _load_folder_unet(model_name, weight_dtype, prediction)
+        progress.update(1)
+        clip = build_clip(components.load_text_encoder(folder, spec, half), embedding_directories())
+        progress.update(1)
+        vae = build_vae(components.load_vae(folder, half))
+        progress.update(1)
+        return io.NodeOutput(model, clip, vae)
+
+
+class UNetLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="BKSDMUNetLoader",
+            display_name="Load BK-SDM U-Net",
+            category=CATEGORY,
+            description="Loads only the U-Net of a BK-SDM model folder (or a bare U-Net folder) as a standard "
+                        "MODEL. Pair it with the SD-1.4 / SD-2.1 text encoder and VAE you already have "
+                        "(Load CLIP, Load VAE, or a checkpoint loader).",
+            inputs=[_folder_input(), _dtype_input(), _prediction_input()],
+            outputs=[io.Model.Output(tooltip=MODEL_TIP)],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, model_name, weight_dtype, prediction):
+        return _folder_fingerprint(model_name)
+
+    @classmethod
+    def execute(cls, model_name, weight_dtype, prediction) -> io.NodeOutput:
+        _, model, _, _ = _load_folder_unet(model_name, weight_dtype, prediction)
+        return io.NodeOutput(model)
+
+
+class CheckpointLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="BKSDMCheckpointLoader",
+            display_name="Load BK-SDM Checkpoint",
+            category=CATEGORY,
+            description="Loads a single-file BK-SDM checkpoint from models/checkpoints as MODEL, CLIP and VAE, "
+                        "including files converted with diffusers' script, whose block numbering stock "
+                        "ComfyUI misreads.",
+            inputs=[
+                io.Combo.Input("ckpt_name", options=folder_paths.get_filename_list("checkpoints"),
+                               tooltip="A .safetensors (preferred) or .ckpt BK-SDM checkpoint."),
+                _dtype_input(),
+                io.Combo.Input("prediction", options=list(PREDICTIONS), default="auto",
+                               tooltip="'auto' uses what the file declares (ComfyUI's v_pred marker), else "
+                                       "epsilon. Choose 'v_prediction' for v-prediction models saved elsewhere."),
+            ],
+            outputs=[io.Model.Output(tooltip=MODEL_TIP), io.Clip.Output(), io.Vae.Output()],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, ckpt_name, weight_dtype, prediction):
+        path = folder_paths.get_full_path("checkpoints", ckpt_name)
+        return (ckpt_name, pipeline.fingerprint([path] if path else []))
+
+    @classmethod
+    def execute(cls, ckpt_name, weight_dtype, prediction) -> io.NodeOutput:
+        path = folder_paths.get_full_path_or_raise("checkpoints", ckpt_name)
+        progress = comfy.utils.ProgressBar(3)
+        parts = components.split_checkpoint(*load_state_dict(path), path)
+        resolved = (parts.prediction or "epsilon") if prediction == "auto" else prediction
+        dtype = unet_dtype(weight_dtype, parts.unet.spec)
+        model = build_model(parts.unet, dtype, resolved, fp8_fast=weight_dtype == "fp8_e4m3fn_fast")
+        _log_loaded(ckpt_name, parts.unet, dtype, resolved)
+        progress.update(1)
+        clip = build_clip(parts.text_encoder, embedding_directories())
+        progress.update(1)
+        vae = build_vae(parts.vae)
+        progress.update(1)
+        return io.NodeOutput(model, clip, vae)
+
+
+NODES = [PipelineLoader, UNetLoader, CheckpointLoader]

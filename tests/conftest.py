@@ -1,0 +1,105 @@
+"""Find ComfyUI for the tests that need it, and say which one the suite used.
+
+- A real checkout (COMFYUI_PATH, the ComfyUI this pack is installed in, ../ComfyUI, or
+  ~/.cache/ComfyUI): every test runs.
+- Else ComfyUI's model code from the ``notcomfy`` package: the U-Net adapter parity
+  tests still run; tests that need the whole host skip and say why.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib
+import importlib.util
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from cli import comfy_host
+
+REPO = Path(__file__).resolve().parents[1]
+# CPU and an fp32 text encoder, as a parity test against the fp32 reference needs; images
+# go to a temporary folder, not the checkout's output/.
+OUTPUT_DIR = tempfile.mkdtemp(prefix="bksdm-tests-output-")
+atexit.register(shutil.rmtree, OUTPUT_DIR, ignore_errors=True)
+COMFY_ARGS = ["--cpu", "--fp32-text-enc", "--output-directory", OUTPUT_DIR]
+
+HOST_PATH = comfy_host.find_comfyui()
+if HOST_PATH is not None:
+    comfy_host.configure(HOST_PATH, COMFY_ARGS)
+    COMFY_SOURCE = f"real checkout at {HOST_PATH}"
+elif importlib.util.find_spec("comfy") is not None:
+    comfy_host.configure(None, COMFY_ARGS)
+    COMFY_SOURCE = f"model code only, from {importlib.util.find_spec('comfy').origin} (notcomfy)"
+else:
+    COMFY_SOURCE = None
+
+NO_HOST = (f"needs a real ComfyUI checkout: set COMFYUI_PATH (searched {comfy_host.where_searched()})")
+NO_COMFY = "needs ComfyUI's model code: a ComfyUI checkout (COMFYUI_PATH) or `pip install --no-deps notcomfy`"
+
+
+def pytest_report_header(config):
+    return f"ComfyUI: {COMFY_SOURCE or 'none found; tests that need it skip'}"
+
+
+@pytest.fixture(scope="session")
+def comfy():
+    """ComfyUI's model code (``comfy`` package), from a checkout or notcomfy."""
+    if COMFY_SOURCE is None:
+        pytest.skip(NO_COMFY)
+    import comfy.model_management
+
+    return comfy
+
+
+@pytest.fixture(scope="session")
+def host():
+    """A real ComfyUI, started in this process with its built-in nodes and this pack."""
+    if HOST_PATH is None:
+        pytest.skip(NO_HOST)
+    return comfy_host.start(HOST_PATH, COMFY_ARGS)
+
+
+@pytest.fixture(scope="session")
+def pack(comfy):
+    """This repository imported as a package, the way ComfyUI imports a node pack."""
+    if "bksdm_pack" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("bksdm_pack", REPO / "__init__.py",
+                                                      submodule_search_locations=[str(REPO)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["bksdm_pack"] = module
+        spec.loader.exec_module(module)
+    importlib.import_module("bksdm_pack.nodes.build")
+    return sys.modules["bksdm_pack"]
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(host) -> Path:
+    """CLIP's BPE vocabulary, as ComfyUI ships it (the same files SD pipelines carry)."""
+    return HOST_PATH / "comfy" / "sd1_tokenizer"
+
+
+# One SD 1.x and one SD 2.x layout, written as nota-ai publishes them (random weights).
+PIPELINE_LAYOUTS = {"sd1": "v1_bk_small", "sd2": "v2-base-512_bk_tiny"}
+
+
+@pytest.fixture(scope="session")
+def diffusers_root(tmp_path_factory, host) -> Path:
+    """A models/diffusers folder registered with ComfyUI, as extra_model_paths.yaml would."""
+    import folder_paths
+
+    root = tmp_path_factory.mktemp("diffusers")
+    folder_paths.add_model_folder_path("diffusers", str(root))
+    return root
+
+
+@pytest.fixture(scope="session", params=sorted(PIPELINE_LAYOUTS))
+def random_pipeline(request, diffusers_root, tokenizer_dir):
+    from factories import write_pipeline
+
+    family = request.param
+    return write_pipeline(diffusers_root / f"bk-{family}-random", family, PIPELINE_LAYOUTS[family], seed=100,
+                          fp16_variants=True, tokenizer_source=tokenizer_dir)

@@ -1,0 +1,68 @@
+"""The main job in a real ComfyUI equals diffusers' StableDiffusionPipeline on the same weights.
+
+loader -> CLIPTextEncode x2 -> EmptyLatentImage -> KSampler (euler, normal, 4 steps, cfg 7)
+-> VAEDecode -> SaveImage, run by the main-job command from the pack's example workflow,
+against StableDiffusionPipeline with EulerDiscreteScheduler(timestep_spacing="linspace")
+from the same starting noise. ComfyUI's euler/normal sigmas fall on the integer timesteps
+999, 666, 333, 0 that scheduler uses, so both walk the same path.
+"""
+
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cli import txt2img
+
+pytestmark = pytest.mark.host
+
+PROMPT = "a photo of a red fox sitting in fresh snow"
+NEGATIVE = "blurry, low quality"
+SEED, STEPS, CFG, SIZE = 7, 4, 7.0, 128
+
+
+def run_main_job(host, folder, output):
+    args = [PROMPT, "--negative", NEGATIVE, "--model", str(folder), "-o", str(output), "--seed", str(SEED),
+            "--steps", str(STEPS), "--cfg", str(CFG), "--sampler", "euler", "--scheduler", "normal",
+            "--width", str(SIZE), "--height", str(SIZE), "--comfyui", str(host.path)]
+    assert txt2img.main(args) == 0
+    return np.asarray(Image.open(output).convert("RGB"))
+
+
+@torch.no_grad()
+def reference_image(pipeline):
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+    scheduler = EulerDiscreteScheduler.from_config(pipeline.scheduler_config, timestep_spacing="linspace")
+    pipe = StableDiffusionPipeline(vae=pipeline.vae, text_encoder=pipeline.text_encoder,
+                                   tokenizer=CLIPTokenizer.from_pretrained(pipeline.path / "tokenizer"),
+                                   unet=pipeline.unet, scheduler=scheduler, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    # KSampler's noise, scaled as ComfyUI starts a full denoise: noise * sqrt(1 + sigma_max^2).
+    noise = torch.randn([1, 4, SIZE // 8, SIZE // 8], generator=torch.manual_seed(SEED))
+    scheduler.set_timesteps(STEPS)
+    start = noise * math.sqrt(1 + scheduler.sigmas.max().item() ** 2)
+    image = pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS, guidance_scale=CFG,
+                 latents=start / scheduler.init_noise_sigma, output_type="np").images[0]
+    return np.clip(image * 255.0, 0, 255).astype(np.uint8)  # SaveImage truncates, as here
+
+
+def test_main_job_matches_diffusers(random_pipeline, host, tmp_path):
+    image = run_main_job(host, random_pipeline.path, tmp_path / "out.png")
+    expected = reference_image(random_pipeline)
+    assert image.shape == expected.shape == (SIZE, SIZE, 3)
+    unsaturated = ((expected > 0) & (expected < 255)).mean()
+    assert unsaturated > 0.5, "the reference image is mostly clipped; the comparison would prove little"
+    difference = np.abs(image.astype(int) - expected.astype(int))
+    assert difference.max() <= 2, f"max difference {difference.max()} uint8 levels"
+
+
+def test_main_job_writes_a_png_atomically(random_pipeline, host, tmp_path):
+    output = tmp_path / "nested" / "fox.png"
+    run_main_job(host, random_pipeline.path, output)
+    assert Image.open(io.BytesIO(output.read_bytes())).format == "PNG"
+    assert [p.name for p in output.parent.iterdir()] == ["fox.png"]  # no temporary file left behind
