@@ -128,6 +128,28 @@ class Host:
 
 
 _HOST: Host | None = None
+_PATHS_APPLIED = False
+
+
+def import_folder_paths(comfy_path: Path, comfy_args: Sequence[str] = ()):
+    """ComfyUI's ``folder_paths`` with its model folders set up as main.py sets them up
+    (extra_model_paths.yaml beside ComfyUI, --extra-model-paths-config, --output-directory)."""
+    configure(comfy_path, comfy_args)
+    import utils.extra_config  # ComfyUI imports it before nodes; else 'utils' is not a package
+
+    import folder_paths
+    from comfy.cli_args import args
+
+    global _PATHS_APPLIED
+    if not _PATHS_APPLIED:
+        given = [Path(p) for group in args.extra_model_paths_config or [] for p in group]  # nargs="+", append
+        for config in [comfy_path / "extra_model_paths.yaml", *given]:
+            if config.is_file():
+                utils.extra_config.load_extra_path_config(str(config))
+        if args.output_directory:
+            folder_paths.set_output_directory(os.path.abspath(args.output_directory))
+        _PATHS_APPLIED = True
+    return folder_paths
 
 
 def start(comfy_path: Path, comfy_args: Sequence[str] = ()) -> Host:
@@ -135,19 +157,9 @@ def start(comfy_path: Path, comfy_args: Sequence[str] = ()) -> Host:
     global _HOST
     if _HOST is not None:
         return _HOST
-    configure(comfy_path, comfy_args)
-    import utils.extra_config  # noqa: F401  (ComfyUI imports it before nodes; else 'utils' is not a package)
-
-    import folder_paths
+    import_folder_paths(comfy_path, comfy_args)
     import nodes
-    from comfy.cli_args import args
 
-    given = [Path(p) for group in args.extra_model_paths_config or [] for p in group]  # nargs="+" and append
-    for config in [comfy_path / "extra_model_paths.yaml", *given]:
-        if config.is_file():
-            utils.extra_config.load_extra_path_config(str(config))
-    if args.output_directory:
-        folder_paths.set_output_directory(os.path.abspath(args.output_directory))
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
     if not asyncio.run(nodes.load_custom_node(str(PACK_DIR))):
         raise HostError(f"ComfyUI could not load this pack from {PACK_DIR}; see the log above")

@@ -103,3 +103,50 @@ def random_pipeline(request, diffusers_root, tokenizer_dir):
     family = request.param
     return write_pipeline(diffusers_root / f"bk-{family}-random", family, PIPELINE_LAYOUTS[family], seed=100,
                           fp16_variants=True, tokenizer_source=tokenizer_dir)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def comfy_server(host, diffusers_root, tmp_path_factory):
+    """A real ComfyUI server (main.py) on loopback, with this pack and the test model folders."""
+    import subprocess
+    import time
+    import urllib.request
+
+    base = tmp_path_factory.mktemp("comfy-base")
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / "ComfyUI-BK-SDM").symlink_to(REPO, target_is_directory=True)
+    (base / "models").mkdir()
+    (base / "models" / "diffusers").symlink_to(diffusers_root, target_is_directory=True)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = open(base / "server.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, str(HOST_PATH / "main.py"), "--listen", "127.0.0.1", "--port", str(port),
+         "--base-directory", str(base), "--database-url", "sqlite:///:memory:", "--disable-auto-launch",
+         *COMFY_ARGS[:2]], cwd=HOST_PATH, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/system_stats", timeout=2).read()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"ComfyUI server did not start:\n{(base / 'server.log').read_text()[-3000:]}")
+                time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
