@@ -19,7 +19,7 @@ from .errors import BKSDMError, ModelNotFoundError, WeightsMismatchError
 from .pipeline import ModelFolder, weights_file
 from .text_encoder import normalize_text_encoder, split_checkpoint_text_encoder
 from .unet_config import UNetSpec, spec_from_config_file
-from .unet_keys import convert_diffusers_unet
+from .unet_keys import check_diffusers_unet, convert_diffusers_unet
 from .vae import check_vae, split_checkpoint_vae
 from .variants import classify_layout
 from .weights import load_state_dict, tensor_shapes
@@ -44,8 +44,8 @@ def read_unet_spec(folder: ModelFolder) -> UNetSpec | None:
     return spec_from_config_file(config) if os.path.isfile(config) else None
 
 
-def load_unet(folder: ModelFolder, prefer_half: bool) -> UNetWeights:
-    """The folder's U-Net, checked against its config.json (or detected without one)."""
+def load_unet(folder: ModelFolder, prefer_half: bool, dtype=None) -> UNetWeights:
+    """The folder's U-Net, checked against its config.json (or detected without one), in ``dtype``."""
     path = weights_file(folder, "unet", prefer_half)
     shapes = tensor_shapes(path)
     spec = read_unet_spec(folder)
@@ -57,11 +57,12 @@ def load_unet(folder: ModelFolder, prefer_half: bool) -> UNetWeights:
                                        "ComfyUI/LDM names (a checkpoint-style file)",
                                        "put single-file checkpoints in models/checkpoints and use the "
                                        "BK-SDM checkpoint loader")
-    state_dict, _ = load_state_dict(path)
-    try:
-        return UNetWeights(spec, convert_diffusers_unet(state_dict, spec.unet_config, path, spec.describe()), path)
+    try:  # names and shapes are checked from the header, before any weight is read
+        check_diffusers_unet(shapes, spec.unet_config, path, spec.describe())
     except WeightsMismatchError as mismatch:
         raise _explain_mismatch(mismatch, shapes, spec, path) from None
+    state_dict, _ = load_state_dict(path, dtype)
+    return UNetWeights(spec, convert_diffusers_unet(state_dict, spec.unet_config, path, spec.describe()), path)
 
 
 def _explain_mismatch(mismatch: WeightsMismatchError, shapes, spec: UNetSpec, path: str) -> WeightsMismatchError:
@@ -77,14 +78,14 @@ def _explain_mismatch(mismatch: WeightsMismatchError, shapes, spec: UNetSpec, pa
         f"{config} and the weights come from different models: download the model folder again")
 
 
-def load_text_encoder(folder: ModelFolder, spec: UNetSpec, prefer_half: bool) -> dict:
+def load_text_encoder(folder: ModelFolder, spec: UNetSpec, prefer_half: bool, dtype=None) -> dict:
     path = weights_file(folder, "text_encoder", prefer_half)
-    return normalize_text_encoder(load_state_dict(path)[0], spec.family, path)
+    return normalize_text_encoder(load_state_dict(path, dtype)[0], spec.family, path)
 
 
-def load_vae(folder: ModelFolder, prefer_half: bool) -> dict:
+def load_vae(folder: ModelFolder, prefer_half: bool, dtype=None) -> dict:
     path = weights_file(folder, "vae", prefer_half)
-    state_dict, _ = load_state_dict(path)
+    state_dict, _ = load_state_dict(path, dtype)
     check_vae(state_dict, path)
     return state_dict
 

@@ -118,7 +118,8 @@ def _detect_diffusers(shapes: Mapping[str, tuple], source) -> UNetSpec:
         prefix = f"down_blocks.{level}"
         num_res.append(_count(keys, f"{prefix}.resnets.", source))
         if num_res[-1] == 0:
-            raise WeightsMismatchError(source, f"res blocks in {prefix}", "none", "the file is incomplete: re-download it")
+            raise WeightsMismatchError(source, f"res blocks in {prefix}", "none",
+                                       "the file is incomplete: re-download it")
         channels.append(shapes[f"{prefix}.resnets.0.conv1.weight"][0])
         depth_in += [_depth(keys, f"{prefix}.attentions.{i}", source) for i in range(num_res[-1])]
         if f"{prefix}.attentions.0.proj_in.weight" in keys:
@@ -129,6 +130,8 @@ def _detect_diffusers(shapes: Mapping[str, tuple], source) -> UNetSpec:
         if attention_key is None and f"{up}.attentions.0.proj_in.weight" in keys:
             attention_key = f"{up}.attentions.0.proj_in.weight"
     middle = _check_middle(keys, "mid_block.resnets.", "mid_block.attentions.0", source)
+    if attention_key is None and middle > 0:
+        attention_key = "mid_block.attentions.0.proj_in.weight"
     return _spec(shapes, source, attention_key=attention_key, stem=("conv_in.weight", "conv_out.weight"),
                  channel_mult=_levels_multiple(channels, source), num_res_blocks=num_res,
                  transformer_depth=depth_in, transformer_depth_output=depth_out, transformer_depth_middle=middle)
@@ -158,6 +161,8 @@ def _detect_ldm(shapes: Mapping[str, tuple], source) -> UNetSpec:
         attention_key = next((f"output_blocks.{n}.1.proj_in.weight" for n in range(outputs)
                               if f"output_blocks.{n}.1.proj_in.weight" in keys), None)
     middle = _check_middle(keys, "middle_block.", "middle_block.1", source)
+    if attention_key is None and middle > 0:
+        attention_key = "middle_block.1.proj_in.weight"
     if len(channels) != len(num_res) or 0 in num_res:
         raise WeightsMismatchError(source, "res blocks on every level", f"res blocks per level {num_res}",
                                    "the file is damaged: re-download it")
@@ -218,8 +223,9 @@ def detect_unet(shapes: Mapping[str, tuple], source) -> tuple[UNetSpec, str, dic
     refuse_foreign(shapes, source)
     naming = unet_naming(shapes)
     if naming is None:
-        raise UnsupportedModelError(source, "U-Net weights (diffusers 'conv_in.weight' or LDM 'input_blocks.0.0.weight')",
-                                    "neither", "choose a Stable Diffusion U-Net or checkpoint file")
+        raise UnsupportedModelError(source, "U-Net weights (diffusers 'conv_in.weight' or LDM "
+                                    "'input_blocks.0.0.weight')", "neither",
+                                    "choose a Stable Diffusion U-Net or checkpoint file")
     renames = gapped_ldm_renames(shapes) if naming == "ldm" else {}
     shapes = {renames.get(k, k): tuple(v) for k, v in shapes.items()}
     try:

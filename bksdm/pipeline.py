@@ -136,7 +136,8 @@ def weights_file(folder: ModelFolder, component: str, prefer_half: bool) -> str:
         path = os.path.join(directory, name)
         if os.path.isfile(path):
             if os.path.getsize(path) == 0:
-                raise InvalidFileError(path, "weights", "an empty file", "the download is incomplete: download it again")
+                raise InvalidFileError(path, "weights", "an empty file",
+                                       "the download is incomplete: download it again")
             return path
     if any(n.endswith(".index.json") for n in os.listdir(directory)):
         found = "sharded weights (an .index.json with several parts)"

@@ -93,8 +93,8 @@ def normalize_text_encoder(state_dict: Mapping, family: Family, source) -> dict:
     if hidden != te.hidden:
         other = next((t for t in TEXT_ENCODERS.values() if t.hidden == hidden), None)
         found = f"a {other.family.upper()} text encoder (width {hidden})" if other else f"width {hidden}"
-        raise UnsupportedModelError(source, f"the {family.title} text encoder ({family.text_encoder}, width {te.hidden})",
-                                    found, "use the text encoder that belongs to this U-Net")
+        expected = f"the {family.title} text encoder ({family.text_encoder}, width {te.hidden})"
+        raise UnsupportedModelError(source, expected, found, "use the text encoder that belongs to this U-Net")
     layers = len({int(m.group(1)) for k in sd if (m := re.match(re.escape(layer_prefix) + r"(\d+)\.", k))})
     if layers not in te.layers:
         raise WeightsMismatchError(source, f"{' or '.join(map(str, te.layers))} layers of {family.text_encoder}",

@@ -227,6 +227,9 @@ def spec_from_diffusers_config(config: dict, source: str | os.PathLike | None = 
                            f"{json.dumps(family.linear_projection)} for an {family.title} U-Net", source)
 
     middle = _middle_depth(config, transformer_layers[-1], source)
+    if not any(down_attention) and not any(up_attention) and middle == NO_MIDDLE:
+        raise UnsupportedModelError(source, "an SD U-Net with cross-attention (text conditioning)",
+                                    "no CrossAttn blocks and no middle block", SEE_ALSO)
     _check_heads(config, family, channels, down_attention, up_attention, middle != NO_MIDDLE, source)
 
     transformer_depth = []
@@ -363,4 +366,5 @@ def _check_heads(config, family: Family, channels, down_attention, up_attention,
                           else f"{family.head_channels}-channel heads")
             raise UnsupportedModelError(source, f"{convention}, as every {family.title} U-Net has",
                                         f"{_found(config, key)} for block_out_channels {channels}",
-                                        "ComfyUI's " + family.title + " model class fixes the attention heads; " + SEE_ALSO)
+                                        f"ComfyUI's {family.title} model class fixes the attention heads; "
+                                        + SEE_ALSO)

@@ -188,22 +188,20 @@ def check_tensors(found: Mapping[str, tuple[int, ...]], expected: Mapping[str, t
         problems.append(f"{len(unexpected)} unexpected ({summarize(unexpected)})")
     if misshapen:
         k = sorted(misshapen)[0]
-        problems.append(f"{len(misshapen)} with other shapes (e.g. {k}: {tuple(found[k])} instead of {tuple(expected[k])})")
+        problems.append(f"{len(misshapen)} with other shapes "
+                        f"(e.g. {k}: {tuple(found[k])} instead of {tuple(expected[k])})")
     raise WeightsMismatchError(
         source, f"the {len(expected)} tensors of {layout}", "; ".join(problems),
         "the weights belong to another model or are incomplete: re-download them, "
         "or check that config.json and the weights come from the same model")
 
 
+def check_diffusers_unet(shapes: Mapping[str, tuple[int, ...]], unet_config: dict, source, layout: str) -> None:
+    check_tensors(shapes, {t.diffusers: t.shape for t in unet_tensors(unet_config)}, source, layout)
+
+
 def convert_diffusers_unet(state_dict: Mapping, unet_config: dict, source, layout: str) -> dict:
     """Rename a diffusers U-Net state dict to ComfyUI's names, failing on any missing,
     unexpected or misshapen tensor. Tensors are not copied."""
-    tensors = unet_tensors(unet_config)
-    check_tensors({k: tuple(v.shape) for k, v in state_dict.items()},
-                  {t.diffusers: t.shape for t in tensors}, source, layout)
-    return {t.ldm: state_dict[t.diffusers] for t in tensors}
-
-
-def check_ldm_unet(state_dict: Mapping, unet_config: dict, source, layout: str) -> None:
-    check_tensors({k: tuple(v.shape) for k, v in state_dict.items()},
-                  {t.ldm: t.shape for t in unet_tensors(unet_config)}, source, layout)
+    check_diffusers_unet({k: tuple(v.shape) for k, v in state_dict.items()}, unet_config, source, layout)
+    return {t.ldm: state_dict[t.diffusers] for t in unet_tensors(unet_config)}

@@ -90,7 +90,7 @@ def _modern_names(sd: Mapping) -> dict:
     for k, v in sd.items():
         parts = k.split(".")
         if "attentions" in parts and len(parts) > 2 and parts[-2] in OLD_ATTENTION_NAMES:
-            k = ".".join(parts[:-2] + [OLD_ATTENTION_NAMES[parts[-2]], parts[-1]])
+            k = ".".join([*parts[:-2], OLD_ATTENTION_NAMES[parts[-2]], parts[-1]])
         renamed[k] = v
     return renamed
 

@@ -43,8 +43,9 @@ def classify_layout(spec: UNetSpec) -> str:
         if (tuple(c["num_res_blocks"]) == layout.num_res_blocks
                 and (c["transformer_depth_middle"] != NO_MIDDLE) == layout.middle
                 and c["channel_mult"] == [1, 2, 4, 4][:levels] and c["model_channels"] == 320
-                and c["transformer_depth"] == [d for d, r in zip(attention, layout.num_res_blocks) for _ in range(r)]
-                and c["transformer_depth_output"] == [d for d, r in zip(attention, layout.num_res_blocks)
+                and c["transformer_depth"] == [d for d, r in zip(attention, layout.num_res_blocks, strict=True)
+                                               for _ in range(r)]
+                and c["transformer_depth_output"] == [d for d, r in zip(attention, layout.num_res_blocks, strict=True)
                                                       for _ in range(r + 1)]):
             return layout.name
     return "custom"

@@ -1,10 +1,11 @@
-"""Read weight files safely: safetensors checked before it is mapped, pickles never run.
+"""Read weight files safely: safetensors checked before a byte of data is read, pickles never run.
 
-A ``.safetensors`` header is validated here first (sizes, offsets, dtypes) so a
-truncated download or a header that lies about its sizes gets an error naming the file
-instead of a Rust panic or a crash later. Tensors are then memory-mapped, not copied.
-``.bin`` / ``.ckpt`` pickles are opened with ``torch.load(weights_only=True)``: a pickle
-that asks for anything but tensors and plain containers is refused, never executed.
+A ``.safetensors`` header is validated first (sizes, offsets, dtypes), so a truncated
+download or a header that lies about its sizes gets an error naming the file instead of a
+crash later. The tensors are then read straight into fresh memory in one pass, cast to the
+model's dtype on the way if asked: one copy of the weights, and no mapping of the file left
+behind. ``.bin`` / ``.ckpt`` pickles are opened with ``torch.load(weights_only=True)``: a
+pickle that asks for anything but tensors and plain containers is refused, never executed.
 """
 
 from __future__ import annotations
@@ -29,12 +30,21 @@ DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16
 REDOWNLOAD = "the file is damaged or incomplete: delete it and download it again"
 
 
+def _torch_dtypes() -> dict:
+    import torch
+
+    return {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+            "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+
+
 @dataclass(frozen=True)
 class Header:
-    """A safetensors header: tensor shapes and dtypes, and the free-form metadata."""
+    """A safetensors header: tensor shapes, dtypes and byte offsets, and the free-form metadata."""
 
     shapes: dict[str, tuple[int, ...]]
     dtypes: dict[str, str]
+    offsets: dict[str, tuple[int, int]]  # absolute [begin, end) in the file
     metadata: dict[str, str]
 
 
@@ -68,11 +78,11 @@ def read_safetensors_header(path: str | os.PathLike) -> Header:
     if not isinstance(header, dict):
         raise InvalidFileError(path, "a JSON object as header", type(header).__name__, REDOWNLOAD)
     metadata = header.pop("__metadata__", None) or {}
-    return _validate(path, header, metadata, data_bytes=size - 8 - length)
+    return _validate(path, header, metadata, data_start=8 + length, data_bytes=size - 8 - length)
 
 
-def _validate(path, header: dict, metadata, data_bytes: int) -> Header:
-    shapes, dtypes, spans = {}, {}, []
+def _validate(path, header: dict, metadata, data_start: int, data_bytes: int) -> Header:
+    shapes, dtypes, offsets, spans = {}, {}, {}, []
     for name, info in header.items():
         try:
             dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
@@ -90,6 +100,7 @@ def _validate(path, header: dict, metadata, data_bytes: int) -> Header:
                 path, f"'{name}' ({dtype} {shape}) to take {nbytes} bytes inside the {data_bytes}-byte data section",
                 f"data_offsets [{begin}, {end}]", REDOWNLOAD)
         shapes[name], dtypes[name] = tuple(shape), dtype
+        offsets[name] = (data_start + begin, data_start + end)
         spans.append((begin, end))
     spans.sort()
     covered = 0
@@ -102,7 +113,7 @@ def _validate(path, header: dict, metadata, data_bytes: int) -> Header:
         raise InvalidFileError(path, f"{covered} bytes of tensor data", f"{data_bytes} bytes", REDOWNLOAD)
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise InvalidFileError(path, "string metadata", "non-string metadata values", REDOWNLOAD)
-    return Header(shapes, dtypes, metadata)
+    return Header(shapes, dtypes, offsets, metadata)
 
 
 def tensor_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
@@ -112,35 +123,61 @@ def tensor_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in load_state_dict(path)[0].items()}
 
 
-def load_state_dict(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
-    """Load a weight file as (state dict, metadata). Safetensors are memory-mapped."""
+def load_state_dict(path: str | os.PathLike, dtype=None) -> tuple[dict, dict[str, str]]:
+    """Load a weight file as (state dict, metadata), floating-point tensors cast to ``dtype`` if given.
+
+    Safetensors are read straight into fresh tensors, one copy, with no mapping of the file
+    kept: the loaded model never changes, nor crashes, if the file is replaced on disk.
+    """
     path = os.fspath(path)
     if is_safetensors(path):
-        return _load_safetensors(path)
+        return _load_safetensors(path, dtype)
     if path.lower().endswith(PICKLE_SUFFIXES):
-        return _load_pickle(path), {}
+        return _cast(_load_pickle(path), dtype), {}
     raise InvalidFileError(path, f"a weight file ({', '.join(SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES)})",
                            f"a '{os.path.splitext(path)[1] or 'extensionless'}' file",
                            "choose a .safetensors file (preferred) or a PyTorch .bin/.ckpt")
 
 
-def _load_safetensors(path: str) -> tuple[dict, dict[str, str]]:
-    import safetensors
+def _cast(state_dict: dict, dtype) -> dict:
+    if dtype is None:
+        return state_dict
+    return {k: v.to(dtype) if v.is_floating_point() and v.dtype != dtype else v for k, v in state_dict.items()}
+
+
+def _load_safetensors(path: str, dtype) -> tuple[dict, dict[str, str]]:
+    import torch
 
     header = read_safetensors_header(path)
+    torch_dtypes, tensors = _torch_dtypes(), {}
     try:
-        with safetensors.safe_open(path, framework="pt", device="cpu") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, header.metadata
-    except Exception as e:  # the header was valid, so this is the data itself
-        raise InvalidFileError(path, "a readable safetensors file", f"{type(e).__name__}: {e}", REDOWNLOAD) from None
+        with open(path, "rb", buffering=0) as f:
+            for name in sorted(header.offsets, key=header.offsets.get):  # one forward pass through the file
+                begin, end = header.offsets[name]
+                tensor = torch.empty(header.shapes[name], dtype=torch_dtypes[header.dtypes[name]])
+                f.seek(begin)
+                _read_exactly(f, tensor.reshape(-1).view(torch.uint8).numpy(), end - begin, path)
+                tensors[name] = tensor
+    except OSError as e:
+        raise InvalidFileError(path, "a readable file", f"{type(e).__name__}: {e}", REDOWNLOAD) from None
+    return _cast(tensors, dtype), header.metadata
+
+
+def _read_exactly(f, buffer, size: int, path) -> None:
+    view, done = memoryview(buffer).cast("B"), 0
+    while done < size:
+        n = f.readinto(view[done:])
+        if not n:
+            raise InvalidFileError(path, f"{size} more bytes of tensor data", f"the end of the file after {done}",
+                                   REDOWNLOAD)
+        done += n
 
 
 def _load_pickle(path: str) -> dict:
     import torch
 
     try:
-        mmap = zipfile.is_zipfile(path)  # torch can map only the zip format, not legacy pickles
-        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise InvalidFileError(
             path, "a pickle holding only tensors", f"a pickle that asks to run or build other objects ({e})",

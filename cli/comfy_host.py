@@ -61,7 +61,7 @@ def configure(comfy_path: Path | None, comfy_args: Sequence[str]) -> None:
     comfy.options.enable_args_parsing()
     saved, sys.argv = sys.argv, ["comfyui", *comfy_args]
     try:
-        import comfy.cli_args  # noqa: F401  (parses sys.argv once, at import)
+        import comfy.cli_args
     finally:
         sys.argv = saved
 
@@ -94,12 +94,19 @@ class Host:
 
     def __init__(self, comfy_path: Path):
         import execution
+
         import nodes
 
         self.path = comfy_path
         self.nodes = nodes
         self.server = HeadlessServer()
         self.executor = execution.PromptExecutor(self.server)
+
+    def pack_module(self, name: str):
+        """A module of this pack as ComfyUI imported it (e.g. 'bksdm.errors'), for the pack's own types."""
+        import importlib
+
+        return importlib.import_module(f"{str(PACK_DIR).replace('.', '_x_')}.{name}")
 
     def node_info(self, class_type: str) -> dict:
         """The node's input definition, as the server's /object_info reports it."""
@@ -131,13 +138,17 @@ _HOST: Host | None = None
 _PATHS_APPLIED = False
 
 
+def running_host() -> Host | None:
+    """The ComfyUI started in this process, if any."""
+    return _HOST
+
+
 def import_folder_paths(comfy_path: Path, comfy_args: Sequence[str] = ()):
     """ComfyUI's ``folder_paths`` with its model folders set up as main.py sets them up
     (extra_model_paths.yaml beside ComfyUI, --extra-model-paths-config, --output-directory)."""
     configure(comfy_path, comfy_args)
-    import utils.extra_config  # ComfyUI imports it before nodes; else 'utils' is not a package
-
     import folder_paths
+    import utils.extra_config  # ComfyUI imports it before nodes; else 'utils' is not a package
     from comfy.cli_args import args
 
     global _PATHS_APPLIED
@@ -165,6 +176,20 @@ def start(comfy_path: Path, comfy_args: Sequence[str] = ()) -> Host:
         raise HostError(f"ComfyUI could not load this pack from {PACK_DIR}; see the log above")
     _HOST = Host(comfy_path)
     return _HOST
+
+
+def start_for_tools(comfy_path: Path | None, comfy_args: Sequence[str] = ()) -> Host:
+    """Start the ComfyUI a command was pointed at (or the one found), on the CPU if there is no GPU."""
+    comfy_path = comfy_path or find_comfyui()
+    if comfy_path is None or not is_comfyui(Path(comfy_path)):
+        raise HostError(f"no ComfyUI checkout found (searched {comfy_path or where_searched()}); "
+                        "set COMFYUI_PATH or pass --comfyui")
+    import torch
+
+    flags = list(comfy_args)
+    if not torch.cuda.is_available() and "--cpu" not in flags:
+        flags.append("--cpu")
+    return start(Path(comfy_path), flags)
 
 
 if __name__ == "__main__":  # scripts/env.sh asks where ComfyUI is

@@ -110,41 +110,41 @@ def _saved_image(outputs: dict) -> dict:
 
 
 def run_local(args) -> bytes:
-    comfy_path = args.comfyui or comfy_host.find_comfyui()
-    if comfy_path is None or not comfy_host.is_comfyui(comfy_path):
-        raise comfy_host.HostError(
-            f"no ComfyUI checkout found (searched {args.comfyui or comfy_host.where_searched()}); "
-            "set COMFYUI_PATH or pass --comfyui, or use --server with a running ComfyUI")
-    import torch
-
-    flags = list(args.comfy_arg)
-    if not torch.cuda.is_available() and "--cpu" not in flags:
-        flags.append("--cpu")
     # ComfyUI's cache may answer a repeated prompt with an earlier file, so its output
     # folder lives as long as the process.
     output_dir = tempfile.mkdtemp(prefix="bksdm-txt2img-")
     atexit.register(shutil.rmtree, output_dir, ignore_errors=True)
-    host = comfy_host.start(Path(comfy_path), [*flags, "--output-directory", output_dir])
+    host = comfy_host.start_for_tools(args.comfyui, [*args.comfy_arg, "--output-directory", output_dir])
     import folder_paths
 
-    model_name, family = resolve_local_model(args.model, folder_paths)
+    model_name, family = resolve_local_model(args.model, folder_paths, args.weight_dtype)
     workflow = json.loads(choose_workflow(args, family).read_text(encoding="utf-8"))
     image = _saved_image(host.run(build_prompt(workflow, host.node_info, args, model_name)))
     return (Path(folder_paths.get_output_directory()) / image["subfolder"] / image["filename"]).read_bytes()
 
 
-def resolve_local_model(model: str, folder_paths) -> tuple[str, str | None]:
-    """The loader's folder name for ``model`` and its family, registering a path if given one."""
+def resolve_local_model(model: str, folder_paths, weight_dtype: str | None = None) -> tuple[str, str | None]:
+    """The loader's folder name for ``model`` and its family: a path is exposed as one more
+    diffusers folder; a registry name that is not there yet is downloaded first."""
     from bksdm import pipeline
+    from bksdm.download import download_model
+    from bksdm.errors import ModelNotFoundError
 
     path = Path(model).expanduser()
-    if path.is_dir():  # a folder anywhere: expose its parent as one more diffusers folder
+    if path.is_dir():
         folder_paths.add_model_folder_path("diffusers", str(path.resolve().parent))
         return path.resolve().name, _family_of_local_model(path)
     roots = folder_paths.get_folder_paths("diffusers")
     variant = variants.find_variant(model)
     name = variant.folder_name if variant else model
-    folder = pipeline.resolve_model_folder(name, roots)
+    try:
+        folder = pipeline.resolve_model_folder(name, roots)
+    except ModelNotFoundError:
+        if variant is None:
+            raise
+        log.info("%s is not in %s: downloading it", variant.repo_id, roots[0])
+        weights = "fp32" if weight_dtype in ("fp32", "bf16") else "fp16"
+        folder = pipeline.open_model_folder(download_model(variant.repo_id, roots[0], weights=weights))
     return name, _family_of_local_model(Path(folder.path))
 
 

@@ -46,7 +46,8 @@ def to_api_prompt(workflow: dict, node_info: Callable[[str], dict]) -> dict:
         linked = {i["name"]: links[i["link"]] for i in node.get("inputs", []) if i.get("link") is not None}
         values = node.get("widgets_values") or []
         if not isinstance(values, list):
-            raise WorkflowError(f"node {node['id']} ({node['type']}) stores its widgets in a form this tool cannot read")
+            raise WorkflowError(f"node {node['id']} ({node['type']}) stores its widgets in a form "
+                                "this tool cannot read")
         values = list(values)
         inputs = {}
         for section in ("required", "optional"):

@@ -18,7 +18,8 @@ import comfy.supported_models
 import torch
 
 from ..bksdm.components import UNetWeights
-from ..bksdm.unet_config import UNetSpec
+from ..bksdm.errors import UnsupportedModelError
+from ..bksdm.unet_config import FAMILIES, UNetSpec
 from ..bksdm.unet_keys import parameter_count
 
 MODEL_CLASSES = {"sd1": comfy.supported_models.SD15, "sd2": comfy.supported_models.SD20}
@@ -51,6 +52,12 @@ def prefers_half_files(dtype: torch.dtype) -> bool:
     return dtype in HALF_FILE_DTYPES
 
 
+def text_encoder_dtype() -> torch.dtype:
+    """The dtype ComfyUI stores a text encoder in on this machine (its flags included)."""
+    mm = comfy.model_management
+    return mm.text_encoder_dtype(mm.text_encoder_device())
+
+
 def build_model(unet: UNetWeights, dtype: torch.dtype, prediction: str, fp8_fast: bool = False):
     """A ModelPatcher around ComfyUI's UNetModel, built from the derived config."""
     model_config = MODEL_CLASSES[unet.spec.family.name](unet.spec.unet_config)
@@ -63,8 +70,24 @@ def build_model(unet: UNetWeights, dtype: torch.dtype, prediction: str, fp8_fast
     # BaseModel is what model_config.get_model() builds; calling it directly lets the
     # prediction type come from the scheduler config instead of a weight heuristic.
     model = comfy.model_base.BaseModel(model_config, model_type=MODEL_TYPES[prediction], device=offload_device)
-    model.load_model_weights(unet.state_dict, "")
+    # The tensors become the parameters (assign): the freshly read weights are not copied a
+    # second time. strict: bksdm has checked every name and shape already.
+    state = {k: v if v.dtype == dtype else v.to(dtype) for k, v in unet.state_dict.items()}
+    model.diffusion_model.load_state_dict(model_config.process_unet_state_dict(state), strict=True, assign=True)
+    model.diffusion_model.to(offload_device)
+    if comfy.model_management.force_channels_last():  # as BaseModel would have laid out its own tensors
+        model.diffusion_model.to(memory_format=torch.channels_last)
     return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+
+
+def spec_of(model) -> UNetSpec:
+    """The U-Net spec of a MODEL: its ComfyUI config, and the family its model class stands for."""
+    model_config = model.model.model_config
+    for family, model_class in MODEL_CLASSES.items():
+        if type(model_config) is model_class:
+            return UNetSpec(family=FAMILIES[family], unet_config=model_config.unet_config)
+    raise UnsupportedModelError(None, "an SD 1.x or SD 2.x MODEL (for example from a BK-SDM loader)",
+                                f"a {type(model_config).__name__} model", "connect a BK-SDM or SD 1.x/2.x model")
 
 
 def build_clip(text_encoder: dict, embedding_directory: list[str] | None = None, model_options: dict | None = None):
@@ -73,7 +96,7 @@ def build_clip(text_encoder: dict, embedding_directory: list[str] | None = None,
         clip_type=comfy.sd.CLIPType.STABLE_DIFFUSION, model_options=model_options or {})
 
 
-def build_vae(vae: dict):
-    model = comfy.sd.VAE(sd=vae)
+def build_vae(vae: dict, dtype: torch.dtype | None = None):
+    model = comfy.sd.VAE(sd=vae, dtype=dtype)
     model.throw_exception_if_invalid()
     return model

@@ -3,13 +3,13 @@
 from comfy_api.latest import ComfyExtension, io
 from typing_extensions import override
 
-from .loaders import NODES as LOADER_NODES
+from . import controlnet, convert, download, loaders, lora
 
 
 class BKSDMExtension(ComfyExtension):
     @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return list(LOADER_NODES)
+        return [*loaders.NODES, *lora.NODES, *controlnet.NODES, *convert.NODES, *download.NODES]
 
 
 async def comfy_entrypoint() -> BKSDMExtension:

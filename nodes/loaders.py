@@ -13,7 +13,16 @@ from ..bksdm import components, pipeline
 from ..bksdm.unet_keys import parameter_count
 from ..bksdm.variants import classify_layout
 from ..bksdm.weights import load_state_dict
-from .build import WEIGHT_DTYPES, build_clip, build_model, build_vae, prefers_half_files, unet_dtype
+from .build import (
+    WEIGHT_DTYPES,
+    build_clip,
+    build_model,
+    build_vae,
+    prefers_half_files,
+    text_encoder_dtype,
+    unet_dtype,
+)
+from .control_residuals import guard_control_residuals
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +57,35 @@ def _folder_input() -> io.Combo.Input:
                           tooltip="A BK-SDM model folder (diffusers layout) from models/diffusers.")
 
 
-def _load_folder_unet(model_name: str, weight_dtype: str, prediction: str):
-    """Load a folder's U-Net as MODEL; returns (folder, MODEL, U-Net spec, fp16 files preferred)."""
-    folder = pipeline.resolve_model_folder(model_name, diffusers_roots())
+def load_folder_unet(folder: pipeline.ModelFolder, weight_dtype: str, prediction: str):
+    """A folder's U-Net as MODEL; returns (MODEL, U-Net spec, whether fp16 files were preferred)."""
     spec = components.read_unet_spec(folder)
     # Without a config.json the layout (so ComfyUI's default dtype) is known only after reading the weights.
     dtype = unet_dtype(weight_dtype, spec) if spec else WEIGHT_DTYPES[weight_dtype]
     half = dtype is not None and prefers_half_files(dtype)
-    unet = components.load_unet(folder, prefer_half=half)
+    unet = components.load_unet(folder, prefer_half=half, dtype=dtype)
     dtype = dtype or unet_dtype(weight_dtype, unet.spec)
     resolved = pipeline.prediction_type(folder) if prediction == "auto" else prediction
     model = build_model(unet, dtype, resolved, fp8_fast=weight_dtype == "fp8_e4m3fn_fast")
-    _log_loaded(model_name, unet, dtype, resolved)
-    return folder, model, unet.spec, half
+    guard_control_residuals(model, unet.spec)
+    _log_loaded(os.path.basename(folder.path), unet, dtype, resolved)
+    return model, unet.spec, half
+
+
+def load_folder(folder: pipeline.ModelFolder, weight_dtype: str, prediction: str, clip_options: dict | None = None,
+                vae_dtype=None):
+    """A pipeline folder as (MODEL, CLIP, VAE), with a progress bar of its three parts."""
+    progress = comfy.utils.ProgressBar(3)
+    model, spec, half = load_folder_unet(folder, weight_dtype, prediction)
+    progress.update(1)
+    # Read the text encoder in the dtype ComfyUI will keep it in (fp16 by default): less to read and hold.
+    te_dtype = (clip_options or {}).get("dtype") or text_encoder_dtype()
+    te = components.load_text_encoder(folder, spec, half or prefers_half_files(te_dtype), te_dtype)
+    clip = build_clip(te, embedding_directories(), clip_options)
+    progress.update(1)
+    vae = build_vae(components.load_vae(folder, half), vae_dtype)
+    progress.update(1)
+    return model, clip, vae
 
 
 def _log_loaded(name: str, unet: components.UNetWeights, dtype, prediction: str) -> None:
@@ -107,14 +132,8 @@ class PipelineLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model_name, weight_dtype, prediction) -> io.NodeOutput:
-        progress = comfy.utils.ProgressBar(3)
-        folder, model, spec, half = _load_folder_unet(model_name, weight_dtype, prediction)
-        progress.update(1)
-        clip = build_clip(components.load_text_encoder(folder, spec, half), embedding_directories())
-        progress.update(1)
-        vae = build_vae(components.load_vae(folder, half))
-        progress.update(1)
-        return io.NodeOutput(model, clip, vae)
+        folder = pipeline.resolve_model_folder(model_name, diffusers_roots())
+        return io.NodeOutput(*load_folder(folder, weight_dtype, prediction))
 
 
 class UNetLoader(io.ComfyNode):
@@ -137,7 +156,8 @@ class UNetLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model_name, weight_dtype, prediction) -> io.NodeOutput:
-        _, model, _, _ = _load_folder_unet(model_name, weight_dtype, prediction)
+        folder = pipeline.resolve_model_folder(model_name, diffusers_roots())
+        model, _, _ = load_folder_unet(folder, weight_dtype, prediction)
         return io.NodeOutput(model)
 
 
@@ -175,6 +195,7 @@ class CheckpointLoader(io.ComfyNode):
         resolved = (parts.prediction or "epsilon") if prediction == "auto" else prediction
         dtype = unet_dtype(weight_dtype, parts.unet.spec)
         model = build_model(parts.unet, dtype, resolved, fp8_fast=weight_dtype == "fp8_e4m3fn_fast")
+        guard_control_residuals(model, parts.unet.spec)
         _log_loaded(ckpt_name, parts.unet, dtype, resolved)
         progress.update(1)
         clip = build_clip(parts.text_encoder, embedding_directories())

@@ -76,6 +76,13 @@ def pack(comfy):
     return sys.modules["bksdm_pack"]
 
 
+@pytest.fixture
+def scratch(tmp_path):
+    """A temporary folder deleted as soon as the test ends (for multi-gigabyte files)."""
+    yield tmp_path
+    shutil.rmtree(tmp_path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def tokenizer_dir(host) -> Path:
     """CLIP's BPE vocabulary, as ComfyUI ships it (the same files SD pipelines carry)."""
@@ -96,13 +103,31 @@ def diffusers_root(tmp_path_factory, host) -> Path:
     return root
 
 
-@pytest.fixture(scope="session", params=sorted(PIPELINE_LAYOUTS))
-def random_pipeline(request, diffusers_root, tokenizer_dir):
+@pytest.fixture(scope="session")
+def pipelines(diffusers_root, tokenizer_dir):
+    """Writes each family's random pipeline once, on first use."""
     from factories import write_pipeline
 
-    family = request.param
-    return write_pipeline(diffusers_root / f"bk-{family}-random", family, PIPELINE_LAYOUTS[family], seed=100,
-                          fp16_variants=True, tokenizer_source=tokenizer_dir)
+    written = {}
+
+    def get(family):
+        if family not in written:
+            written[family] = write_pipeline(diffusers_root / f"bk-{family}-random", family,
+                                             PIPELINE_LAYOUTS[family], seed=100, fp16_variants=True,
+                                             tokenizer_source=tokenizer_dir)
+        return written[family]
+
+    return get
+
+
+@pytest.fixture(scope="session", params=sorted(PIPELINE_LAYOUTS))
+def random_pipeline(request, pipelines):
+    return pipelines(request.param)
+
+
+@pytest.fixture(scope="session")
+def sd1_pipeline(pipelines):
+    return pipelines("sd1")
 
 
 def _free_port() -> int:
@@ -113,7 +138,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def comfy_server(host, diffusers_root, tmp_path_factory):
     """A real ComfyUI server (main.py) on loopback, with this pack and the test model folders."""
     import subprocess
@@ -127,7 +152,7 @@ def comfy_server(host, diffusers_root, tmp_path_factory):
     (base / "models" / "diffusers").symlink_to(diffusers_root, target_is_directory=True)
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    log = open(base / "server.log", "w")
+    log = open(base / "server.log", "w")  # noqa: SIM115  (the server writes to it until teardown)
     server = subprocess.Popen(
         [sys.executable, str(HOST_PATH / "main.py"), "--listen", "127.0.0.1", "--port", str(port),
          "--base-directory", str(base), "--database-url", "sqlite:///:memory:", "--disable-auto-launch",
@@ -140,7 +165,8 @@ def comfy_server(host, diffusers_root, tmp_path_factory):
                 break
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"ComfyUI server did not start:\n{(base / 'server.log').read_text()[-3000:]}")
+                    raise RuntimeError("ComfyUI server did not start:\n"
+                                       + (base / "server.log").read_text()[-3000:]) from None
                 time.sleep(0.5)
         yield url
     finally:
@@ -150,3 +176,19 @@ def comfy_server(host, diffusers_root, tmp_path_factory):
         except subprocess.TimeoutExpired:
             server.kill()
         log.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def release_comfy_models():
+    """After each test module, drop what the in-process ComfyUI still holds (cached node outputs,
+    loaded models): the suite's memory must not grow module after module."""
+    yield
+    host = comfy_host.running_host()
+    if host is not None:
+        import gc
+
+        import comfy.model_management
+
+        host.executor.reset()
+        comfy.model_management.unload_all_models()
+        gc.collect()

@@ -93,12 +93,31 @@ def text_encoder_state_dict(model, with_prefix: bool = True) -> dict:
 
 @dataclass
 class RandomPipeline:
+    """A random-weight pipeline folder. The reference models are read back from disk when a
+    test needs them, so a session does not keep gigabytes of them alive."""
+
     path: Path
     family: str
-    unet: torch.nn.Module
-    text_encoder: torch.nn.Module
-    vae: torch.nn.Module
     scheduler_config: dict
+
+    def unet_state_dict(self) -> dict:
+        from safetensors.torch import load_file
+
+        return load_file(self.path / "unet" / "diffusion_pytorch_model.safetensors")
+
+    def text_encoder_state_dict(self) -> dict:
+        from safetensors.torch import load_file
+
+        return load_file(self.path / "text_encoder" / "model.safetensors")
+
+    def reference_models(self):
+        """(unet, text_encoder, vae) as diffusers and transformers load this folder."""
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        return (UNet2DConditionModel.from_pretrained(self.path / "unet").eval(),
+                CLIPTextModel.from_pretrained(self.path / "text_encoder").eval(),
+                AutoencoderKL.from_pretrained(self.path / "vae").eval())
 
 
 def _save(state_dict: dict, path: Path, half: bool = False) -> None:
@@ -131,7 +150,7 @@ def write_pipeline(path: Path, family: str, unet_config_name: str, *, seed: int 
         (path / name / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
     if tokenizer_source is not None:
         write_tokenizer(path / "tokenizer", tokenizer_source, family)
-    return RandomPipeline(path, family, unet, te, vae, scheduler)
+    return RandomPipeline(path, family, scheduler)
 
 
 def write_tokenizer(path: Path, vocab_dir: Path, family: str) -> None:
@@ -156,9 +175,8 @@ SCRIPT_STEM = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear
 
 
 def script_name(key: str) -> str:
-    if m := re.fullmatch(r"(.*)\.(weight|bias)", key):
-        if m.group(1) in SCRIPT_STEM:
-            return f"{SCRIPT_STEM[m.group(1)]}.{m.group(2)}"
+    if (m := re.fullmatch(r"(.*)\.(weight|bias)", key)) and m.group(1) in SCRIPT_STEM:
+        return f"{SCRIPT_STEM[m.group(1)]}.{m.group(2)}"
     if m := re.fullmatch(r"(down_blocks|up_blocks|mid_block)\.(?:(\d)\.)?resnets\.(\d)\.(\w+)\.(.*)", key):
         kind, i, j, layer, rest = m.groups()
         j, layer = int(j), SCRIPT_RESNET[layer]
@@ -186,3 +204,25 @@ def gapped_checkpoint(checkpoint: dict, unet_config: dict) -> dict:
 
     to_diffusers = {LDM_PREFIX + t.ldm: t.diffusers for t in unet_tensors(unet_config)}
     return {LDM_PREFIX + script_name(to_diffusers[k]) if k in to_diffusers else k: v for k, v in checkpoint.items()}
+
+
+def random_controlnet(family: str, seed: int = 3):
+    """An SD-1.x- or SD-2.x-shaped ControlNet (the teacher's layout), every tensor random."""
+    from diffusers import ControlNetModel
+
+    teacher = unet_config(TEACHER_CONFIGS[family])
+    keys = ("attention_head_dim", "block_out_channels", "cross_attention_dim", "down_block_types", "layers_per_block",
+            "use_linear_projection", "in_channels", "upcast_attention")
+    with torch.device("meta"):
+        model = ControlNetModel.from_config({k: teacher[k] for k in keys if k in teacher})
+    assert not list(model.buffers())
+    return randomize_(model.to_empty(device="cpu"), seed)
+
+
+def write_unet_folder(path: Path, unet_config_name: str, seed: int) -> torch.nn.Module:
+    """A bare U-Net folder (config.json + weights), as the U-Net-only loader accepts it."""
+    unet = random_unet(unet_config(unet_config_name), seed)
+    path.mkdir(parents=True)
+    _save(unet.state_dict(), path / "diffusion_pytorch_model.safetensors")
+    (path / "config.json").write_text(json.dumps(dict(unet.config), indent=2, default=str))
+    return unet

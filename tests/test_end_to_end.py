@@ -38,9 +38,10 @@ def reference_image(pipeline):
     from transformers import CLIPTokenizer
 
     scheduler = EulerDiscreteScheduler.from_config(pipeline.scheduler_config, timestep_spacing="linspace")
-    pipe = StableDiffusionPipeline(vae=pipeline.vae, text_encoder=pipeline.text_encoder,
+    unet, text_encoder, vae = pipeline.reference_models()
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder,
                                    tokenizer=CLIPTokenizer.from_pretrained(pipeline.path / "tokenizer"),
-                                   unet=pipeline.unet, scheduler=scheduler, safety_checker=None,
+                                   unet=unet, scheduler=scheduler, safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     # KSampler's noise, scaled as ComfyUI starts a full denoise: noise * sqrt(1 + sigma_max^2).
     noise = torch.randn([1, 4, SIZE // 8, SIZE // 8], generator=torch.manual_seed(SEED))

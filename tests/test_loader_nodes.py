@@ -1,6 +1,8 @@
 """The three loader nodes in a real ComfyUI: what they return, which files they read,
 and single-file checkpoints (contiguous and gapped) giving the same model as the folder."""
 
+import shutil
+
 import pytest
 import torch
 from factories import gapped_checkpoint
@@ -79,7 +81,8 @@ def checkpoints(loaded, random_pipeline, tmp_path_factory, host):
     comfy.sd.save_checkpoint(str(contiguous), *loaded)
     spec = loaded[0].model.model_config
     save_file(gapped_checkpoint(load_file(contiguous), spec.unet_config), str(root / f"{family}-gapped.safetensors"))
-    return contiguous.name, f"{family}-gapped.safetensors"
+    yield contiguous.name, f"{family}-gapped.safetensors"
+    shutil.rmtree(root, ignore_errors=True)  # gigabytes
 
 
 @pytest.mark.parametrize("which", [0, 1], ids=["contiguous", "gapped"])
@@ -100,7 +103,7 @@ def test_stock_checkpoint_loader_cannot_load_the_gapped_file(checkpoints, host):
     import comfy.sd
     import folder_paths
 
-    with pytest.raises(RuntimeError, match="size mismatch|Could not detect"):
+    with pytest.raises(RuntimeError, match=r"size mismatch|Could not detect"):
         comfy.sd.load_checkpoint_guess_config(folder_paths.get_full_path("checkpoints", checkpoints[1]))
 
 

@@ -83,7 +83,7 @@ def test_vae_matches_diffusers(vae, comfy, pack):
 def test_vae_with_a_missing_tensor_is_refused(vae):
     state = dict(vae.state_dict())
     del state["decoder.up_blocks.2.resnets.1.conv2.bias"]
-    with pytest.raises(WeightsMismatchError, match="decoder.up_blocks.2.resnets.1.conv2.bias"):
+    with pytest.raises(WeightsMismatchError, match=r"decoder\.up_blocks\.2\.resnets\.1\.conv2\.bias"):
         check_vae(state, "vae/diffusion_pytorch_model.safetensors")
 
 

@@ -126,7 +126,7 @@ def test_damaged_configs_raise_the_packs_error(damage):
 def test_config_file_errors_name_the_file(tmp_path):
     bad = tmp_path / "config.json"
     bad.write_text("{ not json")
-    with pytest.raises(InvalidConfigError, match="config.json"):
+    with pytest.raises(InvalidConfigError, match=r"config\.json"):
         spec_from_config_file(bad)
     bad.write_text(json.dumps([1, 2]))
     with pytest.raises(InvalidConfigError, match="a JSON object"):

@@ -1,0 +1,287 @@
+"""Loading benchmark (CPU): the pack's pipeline loader against diffusers' from_pretrained.
+
+    .venv/bin/python benchmarks/load.py                      # full: sd1 base/small/tiny + sd2-tiny, 3 repeats
+    .venv/bin/python benchmarks/load.py --layouts sd1-tiny --repeats 1 --dtypes fp16   # smallest
+
+For each layout a random-weight pipeline folder with fp32 and fp16 files is written once
+under ``--workdir`` (reused by later runs). Every measurement then runs in a fresh
+subprocess, so its RSS starts clean:
+
+- pack: ComfyUI started in-process (``cli.comfy_host.start`` with ``--cpu``), then only
+  the ``BKSDMPipelineLoader`` execute call is timed (MODEL + CLIP + VAE), with
+  ``weight_dtype`` fp32 (reads the full files) or fp16 (reads the fp16 files);
+- diffusers: ``StableDiffusionPipeline.from_pretrained`` on the same folder, with
+  ``torch_dtype=float32``, or ``float16`` with ``variant="fp16"``.
+
+Peak RSS is the kernel's high-water mark (VmHWM) reset just before the call through
+/proc/self/clear_refs, so it is exact, not sampled; a thread also samples anonymous vs
+file-backed RSS and which weight files get memory-mapped (the bytes read).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C
+
+DTYPES = ("fp32", "fp16")
+LOADERS = ("pack", "diffusers", "pack-proposed")
+TIME_TARGET = 1.0  # pack load time <= 1.0x diffusers'
+MEMORY_TARGET = 1.3  # peak RSS increase <= 1.3x the bytes of the weights loaded
+MB = 1e6
+
+
+# --------------------------------------------------------------------------- workers (fresh processes)
+
+def _file_bytes(paths) -> int:
+    return sum(os.path.getsize(p) for p in paths)
+
+
+def _finish(load: C.Measured, expected: list[str], modules: list) -> dict:
+    read = [p for p in load.mapped if os.path.basename(os.path.dirname(p)) in ("unet", "text_encoder", "vae")]
+    result = load.as_dict()
+    result.update(expected_files=expected, files_read=read or expected,
+                  files_read_source="mapped" if read else "expected (no mapping seen)",
+                  weight_bytes=_file_bytes(read or expected), model_bytes=C.tensor_bytes(*modules))
+    # "Ready": every weight resident in the process, as the first forward pass (or the copy to
+    # a GPU) makes it. A loader that only maps the files defers its reading to this point.
+    ready = C.measure_call(lambda: C.touch_weights(*modules), reset=False, rss_before=load.rss_before)
+    result.update(touch_seconds=ready.seconds, ready_seconds=load.seconds + ready.seconds,
+                  ready_peak_increase=ready.peak_increase)
+    result["rss_after"] = C.proc_status()["VmRSS"]
+    result["retained_increase"] = result["rss_after"] - load.rss_before
+    import torch
+
+    result["torch_threads"] = torch.get_num_threads()
+    return result
+
+
+def _pack_modules(host):
+    """The pack's own modules as ComfyUI imported them (it names the package after its path)."""
+    loaders = sys.modules[host.nodes.NODE_CLASS_MAPPINGS["BKSDMPipelineLoader"].__module__]
+    return loaders, loaders.components
+
+
+def apply_proposed_changes(host) -> None:
+    """Prototype, in this process only, of the two loading-path changes BENCHMARKS.md proposes:
+
+    1. the U-Net's weights are assigned, not copied: ``load_state_dict(assign=True)`` on the
+       memory-mapped tensors when their dtype is the storage dtype (one conversion otherwise),
+       as diffusers does, instead of ``BaseModel.load_model_weights``'s copy into fresh params;
+    2. the text encoder's fp16 file is read whenever ComfyUI will store the encoder in fp16
+       (it does on the CPU, and on GPUs by default), whatever the U-Net's weight_dtype.
+    """
+    import comfy.model_base
+    import comfy.model_management as mm
+    import torch
+
+    def load_model_weights(self, sd, unet_prefix=""):
+        to_load = {k[len(unet_prefix):]: sd.pop(k) for k in list(sd) if k.startswith(unet_prefix)}
+        to_load = self.model_config.process_unet_state_dict(to_load)
+        own = {k: v.dtype for k, v in self.diffusion_model.state_dict().items()}
+        to_load = {k: v.to(own[k]) if k in own else v for k, v in to_load.items()}
+        missing, unexpected = self.diffusion_model.load_state_dict(to_load, strict=False, assign=True)
+        assert not missing and not unexpected, (missing, unexpected)
+        return self
+
+    comfy.model_base.BaseModel.load_model_weights = load_model_weights
+    _, components = _pack_modules(host)
+    original = components.load_text_encoder
+
+    def load_text_encoder(folder, spec, prefer_half):
+        te_half = mm.text_encoder_dtype(mm.text_encoder_device()) in (torch.float16, torch.float8_e4m3fn,
+                                                                        torch.float8_e5m2)
+        return original(folder, spec, prefer_half or te_half)
+
+    components.load_text_encoder = load_text_encoder
+
+
+def pack_worker(spec: dict) -> dict:
+    from cli import comfy_host
+
+    host = comfy_host.start(Path(spec["comfyui"]), ["--cpu", *spec["comfy_args"]])
+    import folder_paths
+
+    folder_paths.add_model_folder_path("diffusers", str(Path(spec["folder"]).parent))
+    if spec["action"] == "pack-proposed":
+        apply_proposed_changes(host)
+    name = Path(spec["folder"]).name
+    loader = host.nodes.NODE_CLASS_MAPPINGS["BKSDMPipelineLoader"]
+    loaders, _ = _pack_modules(host)
+    half = spec["dtype"] == "fp16"
+    folder = loaders.pipeline.open_model_folder(spec["folder"])
+    expected = [loaders.pipeline.weights_file(folder, c, half) for c in ("unet", "text_encoder", "vae")]
+    measured = C.measure_call(lambda: loader.execute(model_name=name, weight_dtype=spec["dtype"],
+                                                     prediction="auto").args)
+    model, clip, vae = measured.value
+    return _finish(measured, expected, [model.model, clip.cond_stage_model, vae.first_stage_model])
+
+
+def diffusers_worker(spec: dict) -> dict:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel  # noqa: F401  (imports first)
+    from transformers import CLIPTextModel, CLIPTokenizer  # noqa: F401
+
+    folder = Path(spec["folder"])
+    if spec["dtype"] == "fp16":
+        kwargs, files = {**C.diffusers_dtype(torch.float16), "variant": "fp16"}, 1
+    else:
+        kwargs, files = C.diffusers_dtype(torch.float32), 0
+    expected = [str(folder / pair[files]) for pair in C.WEIGHT_FILES.values()]
+    measured = C.measure_call(lambda: StableDiffusionPipeline.from_pretrained(
+        str(folder), safety_checker=None, requires_safety_checker=False, **kwargs))
+    pipe = measured.value
+    return _finish(measured, expected, [pipe.unet, pipe.text_encoder, pipe.vae])
+
+
+# --------------------------------------------------------------------------- parent
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--layouts", default="sd1-base,sd1-small,sd1-tiny,sd2-tiny",
+                   help=f"comma-separated, from {', '.join(C.LAYOUTS)} (default: %(default)s)")
+    p.add_argument("--dtypes", default="fp32,fp16", help="fp32 and/or fp16 (default: %(default)s)")
+    p.add_argument("--loaders", default="pack,diffusers", help="(default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=3, help="fresh processes per measurement; medians are "
+                                                          "reported (default: %(default)s)")
+    p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "bksdm-bench",
+                   help="cache of the random pipeline folders, logs and JSON results (default: %(default)s)")
+    p.add_argument("--cache", choices=("warm", "cold"), default="warm",
+                   help="warm: weight files read once before each load, so both loaders read from the page cache; "
+                        "cold: their cached pages dropped before each load (posix_fadvise), so the disk is "
+                        "timed too (default: %(default)s)")
+    p.add_argument("--comfyui", help="ComfyUI checkout (default: COMFYUI_PATH, ../ComfyUI, ~/.cache/ComfyUI)")
+    p.add_argument("--comfy-arg", action="append", default=[], metavar="ARG",
+                   help="extra ComfyUI flag for the pack's process, e.g. --comfy-arg=--fp32-text-enc")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds per worker process (default: %(default)s)")
+    return p.parse_args(argv)
+
+
+def log(msg: str) -> None:
+    sys.stderr.write(f"[load] {msg}\n")
+    sys.stderr.flush()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    layouts = C.layout_list(args.layouts)
+    dtypes = C.csv_list(args.dtypes, DTYPES)
+    loaders = C.csv_list(args.loaders, LOADERS)
+    comfy = C.comfyui_path(args.comfyui)
+    workdir = args.workdir.resolve()
+    header = C.machine_header("BK-SDM loading benchmark (CPU)", comfy, {
+        "settings": f"layouts {','.join(lay.name for lay in layouts)}; dtypes {','.join(dtypes)}; "
+                    f"{args.repeats} fresh process(es) per cell, medians; page cache {args.cache}; "
+                    f"ComfyUI flags --cpu {' '.join(args.comfy_arg)}".rstrip(),
+        "workdir": str(workdir)})
+    folders = {lay.name: C.ensure_pipeline(workdir, lay, comfy, log) for lay in layouts}
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    runs: dict[tuple, list[dict]] = {}
+    script = Path(__file__).resolve()
+    for repeat in range(args.repeats):
+        for lay in layouts:
+            for dtype in dtypes:
+                for loader in loaders:
+                    folder = folders[lay.name]
+                    C.set_page_cache(C.weight_files(folder), warm=args.cache == "warm")
+                    spec = {"action": loader, "folder": str(folder), "dtype": dtype, "comfyui": str(comfy),
+                            "comfy_args": args.comfy_arg}
+                    log(f"repeat {repeat + 1}/{args.repeats}: {lay.name} {dtype} {loader}")
+                    result = C.run_worker(script, spec, workdir / "logs" / f"load-{stamp}-{lay.name}-{dtype}-{loader}"
+                                          f"-{repeat}.log", timeout=args.timeout,
+                                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                    log(f"  {result['seconds']:.2f} s, peak +{result['peak_increase'] / MB:.0f} MB "
+                        f"for {result['weight_bytes'] / MB:.0f} MB of weights")
+                    runs.setdefault((lay.name, dtype, loader), []).append(result)
+
+    summary = summarize(runs)
+    C.save_json(workdir / "results" / f"load-{stamp}.json", {"header": header, "runs": {
+        " ".join(k): v for k, v in runs.items()}, "summary": {" ".join(k): v for k, v in summary.items()}})
+    C.write_stdout(header + "\n" + report(summary, layouts, dtypes, loaders)
+                   + f"\nraw results: {workdir / 'results' / f'load-{stamp}.json'}\n")
+    return 0
+
+
+def summarize(runs: dict[tuple, list[dict]]) -> dict[tuple, dict]:
+    out = {}
+    for key, results in runs.items():
+        med = {k: C.median([r[k] for r in results]) for k in (
+            "seconds", "cpu_seconds", "ready_seconds", "peak_increase", "ready_peak_increase", "anon_peak_increase",
+            "file_peak_increase", "retained_increase")}
+        out[key] = {
+            **med,
+            "seconds_all": [round(r["seconds"], 3) for r in results],
+            "weight_bytes": results[0]["weight_bytes"],
+            "model_bytes": results[0]["model_bytes"],
+            "files_read": [os.path.relpath(p, Path(p).parents[1]) for p in results[0]["files_read"]],
+            "peak_source": results[0]["peak_source"],
+        }
+    return out
+
+
+def report(summary: dict, layouts, dtypes, loaders) -> str:
+    rows = []
+    for lay in layouts:
+        for dtype in dtypes:
+            for loader in loaders:
+                s = summary.get((lay.name, dtype, loader))
+                if s is None:
+                    continue
+                rows.append([lay.name, dtype, loader, s["seconds"], s["cpu_seconds"], s["ready_seconds"],
+                             s["weight_bytes"] / MB,
+                             s["peak_increase"] / MB, s["ready_peak_increase"] / MB, s["anon_peak_increase"] / MB,
+                             s["file_peak_increase"] / MB, s["retained_increase"] / MB, s["model_bytes"] / MB,
+                             ", ".join(s["files_read"])])
+    detail = C.table(["layout", "dtype", "loader", "load s", "load cpu s", "ready s", "weights read MB", "peak dRSS MB",
+                      "ready peak dRSS MB", "anon peak MB", "file peak MB", "retained dRSS MB", "model MB",
+                      "files read"], rows)
+    ratio_rows = []
+    for lay in layouts:
+        for dtype in dtypes:
+            diff = summary.get((lay.name, dtype, "diffusers"))
+            for loader in [name for name in loaders if name != "diffusers"]:
+                pack = summary.get((lay.name, dtype, loader))
+                if pack is None:
+                    continue
+                t = C.ratio(pack["seconds"], diff and diff["seconds"])
+                tr = C.ratio(pack["ready_seconds"], diff and diff["ready_seconds"])
+                pm = C.ratio(pack["peak_increase"], pack["weight_bytes"])
+                pr = C.ratio(pack["ready_peak_increase"], pack["weight_bytes"])
+                dr = C.ratio(diff and diff["ready_peak_increase"], diff and diff["weight_bytes"])
+                ratio_rows.append([lay.name, dtype, loader, t, C.verdict(t, TIME_TARGET, False), tr,
+                                   C.verdict(tr, TIME_TARGET, False), pm, C.verdict(pm, MEMORY_TARGET, False), pr,
+                                   C.verdict(pr, MEMORY_TARGET, False), dr])
+    ratios = C.table(["layout", "dtype", "loader", "load s vs diffusers", f"target <= {TIME_TARGET}x",
+                      "ready s vs diffusers", f"target <= {TIME_TARGET}x", "peak dRSS/weights",
+                      f"target <= {MEMORY_TARGET}x", "ready peak dRSS/weights", f"target <= {MEMORY_TARGET}x",
+                      "diffusers ready peak/weights"], ratio_rows)
+    source = "/".join({s["peak_source"] for s in summary.values()})
+    return ("### Loads (medians)\n\n" + detail + "\n### Ratios and targets\n\n" + ratios + f"""
+- load s: the loader call alone (wall clock); load cpu s: CPU time of all the process's threads during it (less
+  sensitive to other work on the machine than the wall clock; the ratio targets use the wall clock).
+- ready s: the call plus reading every weight page once (diffusers maps the safetensors files and reads them
+  only when the weights are first used; the pack copies them during the call).
+- peak dRSS: the process's peak RSS during the call minus its RSS just before ({source}); ready peak dRSS: the
+  same over the call and the read of every weight page. anon/file peak: sampled every 5 ms, anonymous memory vs
+  memory-mapped file pages (file pages are the page cache's own, shared, and dropped under memory pressure).
+- retained dRSS: RSS after both phases (result still referenced) minus RSS before; model MB: bytes of the
+  parameters and buffers the loaded objects hold; weights read MB: sizes of the weight files the loader mapped.
+- pack-proposed (only with --loaders ...,pack-proposed): the pack with the loading-path changes of BENCHMARKS.md
+  patched in at run time (U-Net weights assigned from the mapped files, fp16 text-encoder file when ComfyUI stores
+  the encoder in fp16); a prototype to size the gain, not the shipped code.
+""")
+
+
+if __name__ == "__main__":
+    if C.is_worker():
+        C.worker_main({"pack": pack_worker, "pack-proposed": pack_worker, "diffusers": diffusers_worker})
+    else:
+        sys.exit(main())

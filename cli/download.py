@@ -1,0 +1,87 @@
+"""Download a BK-SDM model into ComfyUI's diffusers models folder.
+
+    python -m cli.download bk-sdm-small [--weights fp16|fp32|both] [--dest DIR] [--comfyui PATH]
+
+The model is a registry name (``bk-sdm-small``, ``nota-ai/bk-sdm-v2-tiny``) or a Hugging
+Face repo id ``owner/name``. Without ``--dest`` it goes to the first ``diffusers`` folder
+of the ComfyUI found (``--comfyui``, COMFYUI_PATH, the ComfyUI this pack is installed in,
+../ComfyUI, ~/.cache/ComfyUI), extra_model_paths.yaml included. HF_TOKEN and HF_ENDPOINT
+are honoured. An interrupted download resumes when the command is run again. The folder's
+path is written to stdout; progress and errors go to the log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from bksdm.download import WEIGHT_CHOICES, download_model
+from bksdm.errors import BKSDMError
+
+from . import comfy_host
+
+log = logging.getLogger("bksdm.download.cli")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m cli.download", description=__doc__.split("\n\n")[0])
+    p.add_argument("model", help="registry name (bk-sdm-small, nota-ai/bk-sdm-v2-tiny) or Hugging Face repo id")
+    p.add_argument("--weights", choices=WEIGHT_CHOICES, default="fp16",
+                   help="fp16: half-precision U-Net and VAE files where the repo has them (smallest); "
+                        "fp32: full precision; both (default: %(default)s)")
+    p.add_argument("--dest", type=Path, help="models folder to download into (default: ComfyUI's first "
+                                             "diffusers folder)")
+    p.add_argument("--comfyui", type=Path, help="ComfyUI checkout whose diffusers folder to use (default: "
+                                                "COMFYUI_PATH, the ComfyUI this pack is installed in, ../ComfyUI, "
+                                                "~/.cache/ComfyUI)")
+    return p.parse_args(argv)
+
+
+def comfyui_diffusers_folder(comfy_path: Path | None) -> str:
+    """The first diffusers folder of a ComfyUI checkout, as ComfyUI itself would set it up."""
+    path = comfy_path or comfy_host.find_comfyui()
+    if path is None or not comfy_host.is_comfyui(path):
+        searched = comfy_path or comfy_host.where_searched()
+        raise comfy_host.HostError(f"no ComfyUI checkout found (searched {searched}); "
+                                   "pass --comfyui PATH, or --dest DIR to download anywhere")
+    folder_paths = comfy_host.import_folder_paths(Path(path).resolve())
+    return folder_paths.get_folder_paths("diffusers")[0]
+
+
+class ProgressLog:
+    """Logs a download's progress every 5 %."""
+
+    def __init__(self, name: str, every: int = 5):
+        self.name = name
+        self.every = every
+        self.next = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        percent = 100 * done // total if total else 100
+        if percent >= self.next:
+            log.info("%s: %3d %% (%.1f of %.1f MB)", self.name, percent, done / 1e6, total / 1e6)
+            self.next = (percent // self.every + 1) * self.every
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("httpx", "httpx2"):  # one line per HTTP request otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        root = str(args.dest) if args.dest else comfyui_diffusers_folder(args.comfyui)
+        path = download_model(args.model, root, weights=args.weights, progress=ProgressLog(args.model))
+    except (BKSDMError, comfy_host.HostError, OSError) as e:
+        log.error("%s", e)
+        return 1
+    except KeyboardInterrupt:
+        log.error("interrupted: run the same command again to resume the download")
+        return 130
+    sys.stdout.write(f"{path}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Convert a BK-SDM model folder into one single-file checkpoint (ComfyUI's own format)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+import comfy.sd
+import folder_paths
+import torch
+from comfy_api.latest import io
+
+from ..bksdm import pipeline
+from ..bksdm.errors import InvalidFileError, ModelNotFoundError
+from ..bksdm.variants import classify_layout
+from .build import spec_of
+from .loaders import diffusers_roots, load_folder
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = {"fp16": torch.float16, "fp32": torch.float32}
+SAFE_NAME = re.compile(r"[\w][\w .+-]*\.safetensors")
+
+
+def write_checkpoint(folder: pipeline.ModelFolder, output: str, precision: str) -> str:
+    """Load ``folder`` and save it as one contiguous-key .safetensors at ``output``.
+
+    The file is written beside its destination and renamed into place, so a failure (a
+    full disk included) never leaves a partial checkpoint under that name.
+    """
+    if os.path.exists(output):
+        raise InvalidFileError(output, "a new file name", "an existing file",
+                               "choose another name, or delete the old file first")
+    dtype = PRECISIONS[precision]
+    model, clip, vae = load_folder(folder, precision, "auto", clip_options={"dtype": dtype}, vae_dtype=dtype)
+    spec = spec_of(model)
+    metadata = {"modelspec.sai_model_spec": "1.0.0", "modelspec.title": os.path.basename(folder.path),
+                "bksdm.layout": classify_layout(spec), "bksdm.family": spec.family.name,
+                "modelspec.predict_key": "v" if model.model.model_type.name == "V_PREDICTION" else "epsilon"}
+    partial = f"{output}.partial-{os.getpid()}"
+    try:
+        comfy.sd.save_checkpoint(partial, model, clip, vae, metadata=metadata)
+        os.replace(partial, output)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    log.info("BK-SDM: wrote %s (%s, %s)", output, classify_layout(spec), precision)
+    return output
+
+
+class ConvertToCheckpoint(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="BKSDMConvertToCheckpoint",
+            display_name="Convert BK-SDM Folder to Checkpoint",
+            category="loaders/BK-SDM",
+            description="Writes a BK-SDM model folder as one .safetensors checkpoint (U-Net, text encoder and VAE "
+                        "in the standard single-file key layout, contiguous block numbering) into models/checkpoints. "
+                        "Load it back with Load BK-SDM Checkpoint.",
+            inputs=[
+                io.Combo.Input("model_name", options=pipeline.list_model_folders(diffusers_roots()),
+                               tooltip="The BK-SDM model folder to convert."),
+                io.String.Input("filename", default="bk-sdm.safetensors",
+                                tooltip="The checkpoint's file name in models/checkpoints (a plain name ending in "
+                                        ".safetensors; an existing file is never overwritten)."),
+                io.Combo.Input("precision", options=list(PRECISIONS), default="fp16",
+                               tooltip="fp16 halves the file; fp32 keeps full precision."),
+            ],
+            outputs=[io.String.Output(tooltip="The written checkpoint's path.")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, model_name, filename, precision) -> io.NodeOutput:
+        if not SAFE_NAME.fullmatch(filename) or ".." in filename:
+            raise InvalidFileError(filename, "a plain file name ending in .safetensors", "a name with a path or "
+                                   "other characters", "type only a name such as bk-sdm-small.safetensors")
+        roots = folder_paths.get_folder_paths("checkpoints")
+        if not roots:
+            raise ModelNotFoundError(None, "a models/checkpoints folder", "none configured",
+                                     "add a checkpoints folder in extra_model_paths.yaml")
+        folder = pipeline.resolve_model_folder(model_name, diffusers_roots())
+        os.makedirs(roots[0], exist_ok=True)
+        path = write_checkpoint(folder, os.path.join(roots[0], filename), precision)
+        return io.NodeOutput(path, ui={"text": [path]})
+
+
+NODES = [ConvertToCheckpoint]
