@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C
 
 DTYPES = ("fp32", "fp16")
-LOADERS = ("pack", "diffusers", "pack-proposed")
+LOADERS = ("pack", "diffusers")
 TIME_TARGET = 1.0  # pack load time <= 1.0x diffusers'
 MEMORY_TARGET = 1.3  # peak RSS increase <= 1.3x the bytes of the weights loaded
 MB = 1e6
@@ -68,40 +68,6 @@ def _pack_modules(host):
     return loaders, loaders.components
 
 
-def apply_proposed_changes(host) -> None:
-    """Prototype, in this process only, of the two loading-path changes BENCHMARKS.md proposes:
-
-    1. the U-Net's weights are assigned, not copied: ``load_state_dict(assign=True)`` on the
-       memory-mapped tensors when their dtype is the storage dtype (one conversion otherwise),
-       as diffusers does, instead of ``BaseModel.load_model_weights``'s copy into fresh params;
-    2. the text encoder's fp16 file is read whenever ComfyUI will store the encoder in fp16
-       (it does on the CPU, and on GPUs by default), whatever the U-Net's weight_dtype.
-    """
-    import comfy.model_base
-    import comfy.model_management as mm
-    import torch
-
-    def load_model_weights(self, sd, unet_prefix=""):
-        to_load = {k[len(unet_prefix):]: sd.pop(k) for k in list(sd) if k.startswith(unet_prefix)}
-        to_load = self.model_config.process_unet_state_dict(to_load)
-        own = {k: v.dtype for k, v in self.diffusion_model.state_dict().items()}
-        to_load = {k: v.to(own[k]) if k in own else v for k, v in to_load.items()}
-        missing, unexpected = self.diffusion_model.load_state_dict(to_load, strict=False, assign=True)
-        assert not missing and not unexpected, (missing, unexpected)
-        return self
-
-    comfy.model_base.BaseModel.load_model_weights = load_model_weights
-    _, components = _pack_modules(host)
-    original = components.load_text_encoder
-
-    def load_text_encoder(folder, spec, prefer_half):
-        te_half = mm.text_encoder_dtype(mm.text_encoder_device()) in (torch.float16, torch.float8_e4m3fn,
-                                                                        torch.float8_e5m2)
-        return original(folder, spec, prefer_half or te_half)
-
-    components.load_text_encoder = load_text_encoder
-
-
 def pack_worker(spec: dict) -> dict:
     from cli import comfy_host
 
@@ -109,8 +75,6 @@ def pack_worker(spec: dict) -> dict:
     import folder_paths
 
     folder_paths.add_model_folder_path("diffusers", str(Path(spec["folder"]).parent))
-    if spec["action"] == "pack-proposed":
-        apply_proposed_changes(host)
     name = Path(spec["folder"]).name
     loader = host.nodes.NODE_CLASS_MAPPINGS["BKSDMPipelineLoader"]
     loaders, _ = _pack_modules(host)
@@ -274,14 +238,11 @@ def report(summary: dict, layouts, dtypes, loaders) -> str:
   memory-mapped file pages (file pages are the page cache's own, shared, and dropped under memory pressure).
 - retained dRSS: RSS after both phases (result still referenced) minus RSS before; model MB: bytes of the
   parameters and buffers the loaded objects hold; weights read MB: sizes of the weight files the loader mapped.
-- pack-proposed (only with --loaders ...,pack-proposed): the pack with the loading-path changes of BENCHMARKS.md
-  patched in at run time (U-Net weights assigned from the mapped files, fp16 text-encoder file when ComfyUI stores
-  the encoder in fp16); a prototype to size the gain, not the shipped code.
 """)
 
 
 if __name__ == "__main__":
     if C.is_worker():
-        C.worker_main({"pack": pack_worker, "pack-proposed": pack_worker, "diffusers": diffusers_worker})
+        C.worker_main({"pack": pack_worker, "diffusers": diffusers_worker})
     else:
         sys.exit(main())

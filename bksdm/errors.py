@@ -65,6 +65,10 @@ class DownloadError(BKSDMError):
     title = "download failed"
 
 
+class ExportError(BKSDMError):
+    title = "cannot write the file"
+
+
 def summarize(names, limit: int = 6) -> str:
     """A short, stable listing of names for error messages ('a, b, c and 12 more')."""
     names = sorted(names)

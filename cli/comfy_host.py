@@ -8,6 +8,7 @@ web server: ComfyUI's own argument parser, node registry, prompt validation and
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import os
 import sys
@@ -122,6 +123,7 @@ class Host:
         """Validate and execute an API-format prompt; return its outputs by node id."""
         import execution
 
+        prompt = copy.deepcopy(prompt)  # ComfyUI writes into the prompt (e.g. fingerprints); keep the caller's
         prompt_id = uuid.uuid4().hex
         valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
         if not valid:

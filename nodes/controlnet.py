@@ -9,6 +9,7 @@ from ..bksdm.controlnet import DEFAULT_ALIGNMENT, ControlRemap
 from ..bksdm.variants import classify_layout
 from .build import spec_of
 from .control_residuals import set_control_residuals
+from .inputs import choice, verdict
 
 
 class ControlNetAdapter(io.ComfyNode):
@@ -32,6 +33,10 @@ class ControlNetAdapter(io.ComfyNode):
             ],
             outputs=[io.Model.Output(tooltip="The model, ready for SD ControlNets.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, alignment):
+        return verdict(choice("alignment", alignment, ALIGNMENTS))
 
     @classmethod
     def execute(cls, model, alignment) -> io.NodeOutput:

@@ -12,10 +12,11 @@ import torch
 from comfy_api.latest import io
 
 from ..bksdm import pipeline
-from ..bksdm.errors import InvalidFileError, ModelNotFoundError
+from ..bksdm.errors import ExportError, InvalidFileError, ModelNotFoundError
 from ..bksdm.variants import classify_layout
 from .build import spec_of
-from .loaders import diffusers_roots, load_folder
+from .inputs import choice, diffusers_roots, folder_input, model_folder, verdict
+from .loaders import load_folder
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +43,20 @@ def write_checkpoint(folder: pipeline.ModelFolder, output: str, precision: str) 
     try:
         comfy.sd.save_checkpoint(partial, model, clip, vae, metadata=metadata)
         os.replace(partial, output)
+    except Exception as e:  # safetensors reports a full disk as its own error type, not OSError
+        raise ExportError(output, "room and permission to write the checkpoint", f"{type(e).__name__}: {e}",
+                          "free disk space or choose a writable checkpoints folder; nothing was written") from None
     finally:
         if os.path.exists(partial):
             os.remove(partial)
     log.info("BK-SDM: wrote %s (%s, %s)", output, classify_layout(spec), precision)
     return output
+
+
+def _filename_problem(filename: str) -> str | None:
+    if SAFE_NAME.fullmatch(filename) and ".." not in filename:
+        return None
+    return f"filename must be a plain file name ending in .safetensors, not {filename!r}"
 
 
 class ConvertToCheckpoint(io.ComfyNode):
@@ -60,8 +70,7 @@ class ConvertToCheckpoint(io.ComfyNode):
                         "in the standard single-file key layout, contiguous block numbering) into models/checkpoints. "
                         "Load it back with Load BK-SDM Checkpoint.",
             inputs=[
-                io.Combo.Input("model_name", options=pipeline.list_model_folders(diffusers_roots()),
-                               tooltip="The BK-SDM model folder to convert."),
+                folder_input("The BK-SDM model folder to convert."),
                 io.String.Input("filename", default="bk-sdm.safetensors",
                                 tooltip="The checkpoint's file name in models/checkpoints (a plain name ending in "
                                         ".safetensors; an existing file is never overwritten)."),
@@ -73,10 +82,15 @@ class ConvertToCheckpoint(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, model_name, filename, precision):
+        return verdict(model_folder(model_name), _filename_problem(filename),
+                       choice("precision", precision, PRECISIONS))
+
+    @classmethod
     def execute(cls, model_name, filename, precision) -> io.NodeOutput:
-        if not SAFE_NAME.fullmatch(filename) or ".." in filename:
-            raise InvalidFileError(filename, "a plain file name ending in .safetensors", "a name with a path or "
-                                   "other characters", "type only a name such as bk-sdm-small.safetensors")
+        if problem := _filename_problem(filename):  # validate_inputs covers prompts; this, direct calls
+            raise InvalidFileError(filename, "a plain file name ending in .safetensors", problem,
+                                   "type only a name such as bk-sdm-small.safetensors")
         roots = folder_paths.get_folder_paths("checkpoints")
         if not roots:
             raise ModelNotFoundError(None, "a models/checkpoints folder", "none configured",

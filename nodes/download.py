@@ -8,7 +8,7 @@ import comfy.utils
 import folder_paths
 from comfy_api.latest import io, ui
 
-from ..bksdm.download import WEIGHT_CHOICES, download_model, is_downloaded
+from ..bksdm.download import WEIGHT_CHOICES, download_model, is_downloaded, parse_repo_id
 from ..bksdm.errors import DownloadError
 from ..bksdm.variants import VARIANTS
 
@@ -67,6 +67,19 @@ class DownloadNode(io.ComfyNode):
                                       tooltip="The downloaded folder's name, as Load BK-SDM Pipeline lists it.")],
             is_output_node=True,
         )
+
+    @classmethod
+    def validate_inputs(cls, variant, repo_id, weights):
+        # ComfyUI does not check V3 combo values that arrive through the API.
+        if variant not in (*VARIANTS, CUSTOM):
+            return f"variant must be one of {', '.join(VARIANTS)} or {CUSTOM}, not {variant!r}"
+        if weights not in WEIGHT_CHOICES:
+            return f"weights must be one of {', '.join(WEIGHT_CHOICES)}, not {weights!r}"
+        try:
+            parse_repo_id(_repo(variant, repo_id))
+        except DownloadError as e:
+            return str(e)
+        return True
 
     @classmethod
     def fingerprint_inputs(cls, variant, repo_id, weights):

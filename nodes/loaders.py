@@ -23,38 +23,28 @@ from .build import (
     unet_dtype,
 )
 from .control_residuals import guard_control_residuals
+from .inputs import (
+    PREDICTIONS,
+    choice,
+    diffusers_roots,
+    dtype_input,
+    embedding_directories,
+    folder_input,
+    listed_file,
+    model_folder,
+    prediction_input,
+    verdict,
+)
 
 log = logging.getLogger(__name__)
 
 CATEGORY = "loaders/BK-SDM"
-PREDICTIONS = ("auto", "epsilon", "v_prediction")
-
 MODEL_TIP = "The BK-SDM U-Net as a standard SD MODEL: use it with KSampler, LoRA, ControlNet, patch and merge nodes."
-DTYPE_TIP = ("Precision the U-Net weights are stored in. 'default' lets ComfyUI choose for your GPU; the fp16 "
-             "files of the folder are read when the choice is fp16 or fp8. fp8 saves memory at some quality cost.")
-PREDICTION_TIP = ("What the U-Net predicts. 'auto' reads the model's scheduler config (the released BK-SDM models "
-                  "predict noise, 'epsilon'); choose 'v_prediction' for v-prediction conversions.")
 
 
-def diffusers_roots() -> list[str]:
-    return folder_paths.get_folder_paths("diffusers")
-
-
-def embedding_directories() -> list[str]:
-    return folder_paths.get_folder_paths("embeddings")
-
-
-def _dtype_input() -> io.Combo.Input:
-    return io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default", tooltip=DTYPE_TIP)
-
-
-def _prediction_input() -> io.Combo.Input:
-    return io.Combo.Input("prediction", options=list(PREDICTIONS), default="auto", tooltip=PREDICTION_TIP)
-
-
-def _folder_input() -> io.Combo.Input:
-    return io.Combo.Input("model_name", options=pipeline.list_model_folders(diffusers_roots()),
-                          tooltip="A BK-SDM model folder (diffusers layout) from models/diffusers.")
+def _check_folder_inputs(model_name, weight_dtype, prediction) -> bool | str:
+    return verdict(model_folder(model_name), choice("weight_dtype", weight_dtype, WEIGHT_DTYPES),
+                   choice("prediction", prediction, PREDICTIONS))
 
 
 def load_folder_unet(folder: pipeline.ModelFolder, weight_dtype: str, prediction: str):
@@ -117,7 +107,7 @@ class PipelineLoader(io.ComfyNode):
             description="Loads a BK-SDM model folder (the diffusers layout nota-ai publishes) as a standard "
                         "Stable Diffusion MODEL, CLIP and VAE. Works for all nine BK-SDM variants, Segmind's "
                         "small-sd/tiny-sd and full SD 1.x/2.x pipelines.",
-            inputs=[_folder_input(), _dtype_input(), _prediction_input()],
+            inputs=[folder_input(), dtype_input(), prediction_input()],
             outputs=[
                 io.Model.Output(tooltip=MODEL_TIP),
                 io.Clip.Output(tooltip="The text encoder BK-SDM shares with its teacher (CLIP-L for SD 1.x "
@@ -125,6 +115,10 @@ class PipelineLoader(io.ComfyNode):
                 io.Vae.Output(tooltip="The teacher's VAE, for VAE Decode / Encode."),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, model_name, weight_dtype, prediction):
+        return _check_folder_inputs(model_name, weight_dtype, prediction)
 
     @classmethod
     def fingerprint_inputs(cls, model_name, weight_dtype, prediction):
@@ -146,9 +140,13 @@ class UNetLoader(io.ComfyNode):
             description="Loads only the U-Net of a BK-SDM model folder (or a bare U-Net folder) as a standard "
                         "MODEL. Pair it with the SD-1.4 / SD-2.1 text encoder and VAE you already have "
                         "(Load CLIP, Load VAE, or a checkpoint loader).",
-            inputs=[_folder_input(), _dtype_input(), _prediction_input()],
+            inputs=[folder_input(), dtype_input(), prediction_input()],
             outputs=[io.Model.Output(tooltip=MODEL_TIP)],
         )
+
+    @classmethod
+    def validate_inputs(cls, model_name, weight_dtype, prediction):
+        return _check_folder_inputs(model_name, weight_dtype, prediction)
 
     @classmethod
     def fingerprint_inputs(cls, model_name, weight_dtype, prediction):
@@ -174,13 +172,17 @@ class CheckpointLoader(io.ComfyNode):
             inputs=[
                 io.Combo.Input("ckpt_name", options=folder_paths.get_filename_list("checkpoints"),
                                tooltip="A .safetensors (preferred) or .ckpt BK-SDM checkpoint."),
-                _dtype_input(),
-                io.Combo.Input("prediction", options=list(PREDICTIONS), default="auto",
-                               tooltip="'auto' uses what the file declares (ComfyUI's v_pred marker), else "
-                                       "epsilon. Choose 'v_prediction' for v-prediction models saved elsewhere."),
+                dtype_input(),
+                prediction_input("'auto' uses what the file declares (ComfyUI's v_pred marker), else epsilon. "
+                                 "Choose 'v_prediction' for v-prediction models saved elsewhere."),
             ],
             outputs=[io.Model.Output(tooltip=MODEL_TIP), io.Clip.Output(), io.Vae.Output()],
         )
+
+    @classmethod
+    def validate_inputs(cls, ckpt_name, weight_dtype, prediction):
+        return verdict(listed_file("checkpoints", ckpt_name), choice("weight_dtype", weight_dtype, WEIGHT_DTYPES),
+                       choice("prediction", prediction, PREDICTIONS))
 
     @classmethod
     def fingerprint_inputs(cls, ckpt_name, weight_dtype, prediction):

@@ -9,6 +9,7 @@ from comfy_api.latest import io
 from ..bksdm.lora import transfer_lora
 from ..bksdm.weights import load_state_dict
 from .build import spec_of
+from .inputs import listed_file, verdict
 
 STRENGTH = dict(default=1.0, min=-100.0, max=100.0, step=0.01)
 
@@ -36,6 +37,10 @@ class LoraTransferLoader(io.ComfyNode):
             outputs=[io.Model.Output(tooltip="The model with the transferred LoRA."),
                      io.Clip.Output(tooltip="CLIP with the LoRA's text-encoder part (None if no CLIP was given).")],
         )
+
+    @classmethod
+    def validate_inputs(cls, lora_name):
+        return verdict(listed_file("loras", lora_name))
 
     @classmethod
     def execute(cls, model, lora_name, strength_model, strength_clip, clip=None) -> io.NodeOutput:

@@ -9,6 +9,11 @@ PY="$VENV/bin/python"
 pip_install() { "$PY" -m pip install -q --disable-pip-version-check "$@"; }
 
 pip_install -r tests/requirements.txt
+# Chromium for the front-end test, from Debian's packages (the test skips, and says so, without it).
+if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+        || echo "could not install Chromium: the front-end test will skip"
+fi
 COMFY="$("$PY" -m cli.comfy_host)"
 if [ -n "$COMFY" ]; then
     # ComfyUI's own requirements, minus the torch stack installed above.
