@@ -79,8 +79,11 @@ def pack_worker(spec: dict) -> dict:
     loader = host.nodes.NODE_CLASS_MAPPINGS["BKSDMPipelineLoader"]
     loaders, _ = _pack_modules(host)
     half = spec["dtype"] == "fp16"
+    te_half = half or loaders.prefers_half_files(loaders.text_encoder_dtype())  # read as ComfyUI stores it
     folder = loaders.pipeline.open_model_folder(spec["folder"])
-    expected = [loaders.pipeline.weights_file(folder, c, half) for c in ("unet", "text_encoder", "vae")]
+    expected = [loaders.pipeline.weights_file(folder, "unet", half),
+                loaders.pipeline.weights_file(folder, "text_encoder", te_half),
+                loaders.pipeline.weights_file(folder, "vae", half)]
     measured = C.measure_call(lambda: loader.execute(model_name=name, weight_dtype=spec["dtype"],
                                                      prediction="auto").args)
     model, clip, vae = measured.value
@@ -231,8 +234,8 @@ def report(summary: dict, layouts, dtypes, loaders) -> str:
     return ("### Loads (medians)\n\n" + detail + "\n### Ratios and targets\n\n" + ratios + f"""
 - load s: the loader call alone (wall clock); load cpu s: CPU time of all the process's threads during it (less
   sensitive to other work on the machine than the wall clock; the ratio targets use the wall clock).
-- ready s: the call plus reading every weight page once (diffusers maps the safetensors files and reads them
-  only when the weights are first used; the pack copies them during the call).
+- ready s: the call plus reading every weight page once (both map the safetensors files; diffusers reads them
+  only when the weights are first used, the pack's U-Net too, while ComfyUI's CLIP and VAE loaders copy theirs).
 - peak dRSS: the process's peak RSS during the call minus its RSS just before ({source}); ready peak dRSS: the
   same over the call and the read of every weight page. anon/file peak: sampled every 5 ms, anonymous memory vs
   memory-mapped file pages (file pages are the page cache's own, shared, and dropped under memory pressure).

@@ -2,10 +2,11 @@
 
 A ``.safetensors`` header is validated first (sizes, offsets, dtypes), so a truncated
 download or a header that lies about its sizes gets an error naming the file instead of a
-crash later. The tensors are then read straight into fresh memory in one pass, cast to the
-model's dtype on the way if asked: one copy of the weights, and no mapping of the file left
-behind. ``.bin`` / ``.ckpt`` pickles are opened with ``torch.load(weights_only=True)``: a
-pickle that asks for anything but tensors and plain containers is refused, never executed.
+crash later. The file is then memory-mapped, as ComfyUI and diffusers do: tensors already in
+the model's dtype are views of the mapping (no copy, pages read on first use), others are
+cast into fresh memory. ``.bin`` / ``.ckpt`` pickles are opened with
+``torch.load(weights_only=True)``: a pickle that asks for anything but tensors and plain
+containers is refused, never executed.
 """
 
 from __future__ import annotations
@@ -28,14 +29,6 @@ DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16
                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 
 REDOWNLOAD = "the file is damaged or incomplete: delete it and download it again"
-
-
-def _torch_dtypes() -> dict:
-    import torch
-
-    return {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-            "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
 
 
 @dataclass(frozen=True)
@@ -126,8 +119,8 @@ def tensor_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
 def load_state_dict(path: str | os.PathLike, dtype=None) -> tuple[dict, dict[str, str]]:
     """Load a weight file as (state dict, metadata), floating-point tensors cast to ``dtype`` if given.
 
-    Safetensors are read straight into fresh tensors, one copy, with no mapping of the file
-    kept: the loaded model never changes, nor crashes, if the file is replaced on disk.
+    Safetensors are memory-mapped copy-on-write, so replace a loaded file by writing a new one
+    and renaming it over the old (as downloads and exports here do), never by rewriting it in place.
     """
     path = os.fspath(path)
     if is_safetensors(path):
@@ -146,31 +139,15 @@ def _cast(state_dict: dict, dtype) -> dict:
 
 
 def _load_safetensors(path: str, dtype) -> tuple[dict, dict[str, str]]:
-    import torch
+    from safetensors import SafetensorError, safe_open
 
-    header = read_safetensors_header(path)
-    torch_dtypes, tensors = _torch_dtypes(), {}
+    header = read_safetensors_header(path)  # the checks safetensors does not make, before it maps the file
     try:
-        with open(path, "rb", buffering=0) as f:
-            for name in sorted(header.offsets, key=header.offsets.get):  # one forward pass through the file
-                begin, end = header.offsets[name]
-                tensor = torch.empty(header.shapes[name], dtype=torch_dtypes[header.dtypes[name]])
-                f.seek(begin)
-                _read_exactly(f, tensor.reshape(-1).view(torch.uint8).numpy(), end - begin, path)
-                tensors[name] = tensor
-    except OSError as e:
-        raise InvalidFileError(path, "a readable file", f"{type(e).__name__}: {e}", REDOWNLOAD) from None
+        with safe_open(path, framework="pt", device="cpu") as f:
+            tensors = {name: f.get_tensor(name) for name in header.shapes}
+    except (OSError, SafetensorError) as e:
+        raise InvalidFileError(path, "a readable safetensors file", f"{type(e).__name__}: {e}", REDOWNLOAD) from None
     return _cast(tensors, dtype), header.metadata
-
-
-def _read_exactly(f, buffer, size: int, path) -> None:
-    view, done = memoryview(buffer).cast("B"), 0
-    while done < size:
-        n = f.readinto(view[done:])
-        if not n:
-            raise InvalidFileError(path, f"{size} more bytes of tensor data", f"the end of the file after {done}",
-                                   REDOWNLOAD)
-        done += n
 
 
 def _load_pickle(path: str) -> dict:

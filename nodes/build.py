@@ -4,8 +4,9 @@ The U-Net becomes a plain ``ModelPatcher`` around ComfyUI's own ``UNetModel`` in
 ComfyUI's own SD 1.x / SD 2.x model class, so LoRA, ControlNet, model merging, the
 model-patching nodes and Save Checkpoint treat it like any other SD model. The steps
 are those of ``comfy.sd.load_diffusion_model_state_dict`` minus its layout guessing,
-which cannot recognise BK-SDM; the config comes from ``bksdm`` instead. Text encoder and
-VAE go through ComfyUI's own loaders unchanged.
+which cannot recognise BK-SDM (the config comes from ``bksdm`` instead), and with the
+weights assigned rather than copied. Text encoder and VAE go through ComfyUI's own
+loaders unchanged.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..bksdm import components, pipeline
+from ..bksdm.errors import BKSDMError
 from ..bksdm.unet_keys import parameter_count
 from ..bksdm.variants import classify_layout
 from ..bksdm.weights import load_state_dict
@@ -89,7 +90,7 @@ def _folder_fingerprint(model_name: str) -> tuple:
     """Changes when the folder's files are replaced on disk, so the cached model is dropped."""
     try:
         folder = pipeline.resolve_model_folder(model_name, diffusers_roots())
-    except Exception:  # execute() reports the problem; here it only means "no cache hit"
+    except BKSDMError:  # execute() reports the problem; here it only means "no cache hit"
         return (model_name, None)
     files = []
     for root, _, names in os.walk(folder.path):

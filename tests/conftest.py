@@ -178,17 +178,13 @@ def comfy_server(host, diffusers_root, tmp_path_factory):
         log.close()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def release_comfy_models():
-    """After each test module, drop what the in-process ComfyUI still holds (cached node outputs,
-    loaded models): the suite's memory must not grow module after module."""
+@pytest.fixture(autouse=True)
+def release_comfy_models(request):
+    """After each host test, drop what the in-process ComfyUI still holds (cached node outputs,
+    loaded models): full-size models are gigabytes, and the machine has 24 GB."""
     yield
-    host = comfy_host.running_host()
+    host = comfy_host.running_host() if request.node.get_closest_marker("host") else None
     if host is not None:
-        import gc
+        from graphs import release_memory
 
-        import comfy.model_management
-
-        host.executor.reset()
-        comfy.model_management.unload_all_models()
-        gc.collect()
+        release_memory(host)

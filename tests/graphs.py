@@ -35,6 +35,23 @@ def pipeline_loader(model_name: str) -> dict:
             "inputs": {"model_name": model_name, "weight_dtype": "fp32", "prediction": "auto"}}
 
 
+def release_memory(host) -> None:
+    """Drop ComfyUI's cached node outputs and loaded models, and hand the freed heap back to the
+    system (glibc keeps it otherwise, and RSS only grows)."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    import comfy.model_management
+
+    host.executor.reset()
+    comfy.model_management.unload_all_models()
+    gc.collect()
+    libc = ctypes.util.find_library("c")
+    if libc and hasattr(ctypes.CDLL(libc), "malloc_trim"):
+        ctypes.CDLL(libc).malloc_trim(0)
+
+
 def saved_image(outputs: dict, node: str = "save") -> np.ndarray:
     import folder_paths
     from PIL import Image

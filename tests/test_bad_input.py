@@ -391,3 +391,19 @@ def test_path_tricks_and_broken_models_through_the_api_leave_the_server_running(
     error = next(m[1] for m in result["status"]["messages"] if m[0] == "execution_error")
     assert "unreadable model file" in error["exception_message"] and "damaged" in error["exception_message"]
     assert urllib.request.urlopen(f"{comfy_server}/system_stats", timeout=10).status == 200
+
+
+@pytest.mark.host
+def test_a_damaged_lora_file_is_refused_by_name(host, sd1_pipeline, tmp_path_factory):
+    import folder_paths
+
+    root = tmp_path_factory.mktemp("bad-loras")
+    folder_paths.add_model_folder_path("loras", str(root))
+    (root / "cut.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")
+    model = _node(host, "BKSDMUNetLoader").execute(model_name=sd1_pipeline.path.name, weight_dtype="fp16",
+                                                   prediction="auto").args[0]
+    errors = host.pack_module("bksdm.errors")
+    with pytest.raises(errors.InvalidFileError) as raised:
+        _node(host, "BKSDMLoraLoader").execute(model=model, lora_name="cut.safetensors", strength_model=1.0,
+                                               strength_clip=1.0)
+    assert_clear(raised.value, "cut.safetensors")

@@ -68,10 +68,7 @@ def _module_map(student, layout):
 @torch.no_grad()
 def test_each_student_weight_gets_exactly_its_teacher_modules_delta(name, comfy):
     import comfy.lora
-    import comfy.model_base
-    import comfy.model_patcher
     import comfy.sd
-    import comfy.supported_models
 
     student = spec_from_diffusers_config(unet_config(name), name)
     layout = classify_layout(student)
@@ -80,14 +77,7 @@ def test_each_student_weight_gets_exactly_its_teacher_modules_delta(name, comfy)
     assert "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight" in transferred
     assert not report.unmatched
 
-    # ComfyUI's own LoRA application, on a model built on the meta device (only its names are needed).
-    model_class = {"sd1": comfy.supported_models.SD15, "sd2": comfy.supported_models.SD20}[student.family.name]
-    model_config = model_class(student.unet_config)
-    model_config.set_inference_dtype(torch.float32, None)
-    meta = comfy.model_base.BaseModel(model_config, device=torch.device("meta"))
-    cpu = torch.device("cpu")
-    patcher = comfy.model_patcher.ModelPatcher(meta, load_device=cpu, offload_device=cpu)
-    patched, _ = comfy.sd.load_lora_for_models(patcher, None, transferred, 1.0, 0.0)
+    patched, _ = comfy.sd.load_lora_for_models(_meta_patcher(student), None, transferred, 1.0, 0.0)
 
     expected_sources = _module_map(student, layout)
     patched_weights = {k.removeprefix("diffusion_model."): v for k, v in patched.patches.items()}
@@ -99,3 +89,34 @@ def test_each_student_weight_gets_exactly_its_teacher_modules_delta(name, comfy)
 
     kept = set(expected_sources.values())
     assert len(report.dropped) == sum(1 for t in deltas if t not in kept)  # every removed block's delta, counted
+
+
+def _meta_patcher(student):
+    """A ComfyUI model built on the meta device: ComfyUI's LoRA code needs only its names."""
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    model_class = {"sd1": comfy.supported_models.SD15, "sd2": comfy.supported_models.SD20}[student.family.name]
+    model_config = model_class(student.unet_config)
+    model_config.set_inference_dtype(torch.float32, None)
+    meta = comfy.model_base.BaseModel(model_config, device=torch.device("meta"))
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(meta, load_device=cpu, offload_device=cpu)
+
+
+@pytest.mark.parametrize("name", ["v1_bk_small", "v1_bk_tiny"])
+def test_a_lora_trained_on_bk_sdm_loads_through_the_stock_loader_unchanged(name, comfy):
+    """Keys named after the student's own modules need no transfer: every one lands."""
+    import comfy.sd
+
+    student = spec_from_diffusers_config(unet_config(name), name)
+    lora = {}
+    for _, tensors in unet_blocks(student.unet_config):
+        for t in tensors:
+            if len(t.shape) == 2:  # the attention and feed-forward projections, as LoRA trainers target
+                base = "lora_unet_" + t.diffusers[:-len(".weight")].replace(".", "_")
+                lora[f"{base}.lora_down.weight"] = torch.zeros(RANK, t.shape[1])
+                lora[f"{base}.lora_up.weight"] = torch.zeros(t.shape[0], RANK)
+    patched, _ = comfy.sd.load_lora_for_models(_meta_patcher(student), None, lora, 1.0, 0.0)
+    assert len(patched.patches) == len(lora) // 2
