@@ -71,8 +71,8 @@ def build_model(unet: UNetWeights, dtype: torch.dtype, prediction: str, fp8_fast
     # BaseModel is what model_config.get_model() builds; calling it directly lets the
     # prediction type come from the scheduler config instead of a weight heuristic.
     model = comfy.model_base.BaseModel(model_config, model_type=MODEL_TYPES[prediction], device=offload_device)
-    # The tensors become the parameters (assign): the freshly read weights are not copied a
-    # second time. strict: bksdm has checked every name and shape already.
+    # The tensors become the parameters (assign): weights mapped from the file in the right
+    # dtype are never copied. strict: bksdm has checked every name and shape already.
     state = {k: v if v.dtype == dtype else v.to(dtype) for k, v in unet.state_dict.items()}
     model.diffusion_model.load_state_dict(model_config.process_unet_state_dict(state), strict=True, assign=True)
     model.diffusion_model.to(offload_device)
