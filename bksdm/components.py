@@ -4,7 +4,7 @@ Two sources: a diffusers model folder (:func:`load_unet`, :func:`load_text_encod
 :func:`load_vae`) and a single-file checkpoint (:func:`split_checkpoint`). Every
 function checks its tensors completely before returning, so ComfyUI is never handed a
 model that would load with warnings and produce garbage. Tensors are never copied:
-safetensors stay memory-mapped and renaming only rebinds names.
+safetensors stay memory-mapped (unless ``mmap=False``) and renaming only rebinds names.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def read_unet_spec(folder: ModelFolder) -> UNetSpec | None:
     return spec_from_config_file(config) if os.path.isfile(config) else None
 
 
-def load_unet(folder: ModelFolder, prefer_half: bool, dtype=None) -> UNetWeights:
+def load_unet(folder: ModelFolder, prefer_half: bool, dtype=None, mmap: bool = True) -> UNetWeights:
     """The folder's U-Net, checked against its config.json (or detected without one), in ``dtype``."""
     path = weights_file(folder, "unet", prefer_half)
     shapes = tensor_shapes(path)
@@ -61,7 +61,7 @@ def load_unet(folder: ModelFolder, prefer_half: bool, dtype=None) -> UNetWeights
         check_diffusers_unet(shapes, spec.unet_config, path, spec.describe())
     except WeightsMismatchError as mismatch:
         raise _explain_mismatch(mismatch, shapes, spec, path) from None
-    state_dict, _ = load_state_dict(path, dtype)
+    state_dict, _ = load_state_dict(path, dtype, mmap)
     return UNetWeights(spec, convert_diffusers_unet(state_dict, spec.unet_config, path, spec.describe()), path)
 
 
@@ -78,14 +78,14 @@ def _explain_mismatch(mismatch: WeightsMismatchError, shapes, spec: UNetSpec, pa
         f"{config} and the weights come from different models: download the model folder again")
 
 
-def load_text_encoder(folder: ModelFolder, spec: UNetSpec, prefer_half: bool, dtype=None) -> dict:
+def load_text_encoder(folder: ModelFolder, spec: UNetSpec, prefer_half: bool, dtype=None, mmap: bool = True) -> dict:
     path = weights_file(folder, "text_encoder", prefer_half)
-    return normalize_text_encoder(load_state_dict(path, dtype)[0], spec.family, path)
+    return normalize_text_encoder(load_state_dict(path, dtype, mmap)[0], spec.family, path)
 
 
-def load_vae(folder: ModelFolder, prefer_half: bool, dtype=None) -> dict:
+def load_vae(folder: ModelFolder, prefer_half: bool, dtype=None, mmap: bool = True) -> dict:
     path = weights_file(folder, "vae", prefer_half)
-    state_dict, _ = load_state_dict(path, dtype)
+    state_dict, _ = load_state_dict(path, dtype, mmap)
     check_vae(state_dict, path)
     return state_dict
 

@@ -116,15 +116,17 @@ def tensor_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in load_state_dict(path)[0].items()}
 
 
-def load_state_dict(path: str | os.PathLike, dtype=None) -> tuple[dict, dict[str, str]]:
+def load_state_dict(path: str | os.PathLike, dtype=None, mmap: bool = True) -> tuple[dict, dict[str, str]]:
     """Load a weight file as (state dict, metadata), floating-point tensors cast to ``dtype`` if given.
 
     Safetensors are memory-mapped copy-on-write, so replace a loaded file by writing a new one
     and renaming it over the old (as downloads and exports here do), never by rewriting it in place.
+    ``mmap=False`` copies each tensor out of the mapping at once, as ComfyUI's ``--disable-mmap``
+    does, for file systems where mappings misbehave.
     """
     path = os.fspath(path)
     if is_safetensors(path):
-        return _load_safetensors(path, dtype)
+        return _load_safetensors(path, dtype, mmap)
     if path.lower().endswith(PICKLE_SUFFIXES):
         return _cast(_load_pickle(path), dtype), {}
     raise InvalidFileError(path, f"a weight file ({', '.join(SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES)})",
@@ -138,13 +140,13 @@ def _cast(state_dict: dict, dtype) -> dict:
     return {k: v.to(dtype) if v.is_floating_point() and v.dtype != dtype else v for k, v in state_dict.items()}
 
 
-def _load_safetensors(path: str, dtype) -> tuple[dict, dict[str, str]]:
+def _load_safetensors(path: str, dtype, mmap: bool) -> tuple[dict, dict[str, str]]:
     from safetensors import SafetensorError, safe_open
 
     header = read_safetensors_header(path)  # the checks safetensors does not make, before it maps the file
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
-            tensors = {name: f.get_tensor(name) for name in header.shapes}
+            tensors = {name: f.get_tensor(name) if mmap else f.get_tensor(name).clone() for name in header.shapes}
     except (OSError, SafetensorError) as e:
         raise InvalidFileError(path, "a readable safetensors file", f"{type(e).__name__}: {e}", REDOWNLOAD) from None
     return _cast(tensors, dtype), header.metadata

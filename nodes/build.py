@@ -16,6 +16,7 @@ import comfy.model_management
 import comfy.model_patcher
 import comfy.sd
 import comfy.supported_models
+import comfy.utils
 import torch
 
 from ..bksdm.components import UNetWeights
@@ -51,6 +52,11 @@ def unet_dtype(weight_dtype: str, spec: UNetSpec) -> torch.dtype:
 
 def prefers_half_files(dtype: torch.dtype) -> bool:
     return dtype in HALF_FILE_DTYPES
+
+
+def map_weight_files() -> bool:
+    """Whether weight files may stay memory-mapped: not under ComfyUI's --disable-mmap."""
+    return not comfy.utils.DISABLE_MMAP
 
 
 def text_encoder_dtype() -> torch.dtype:

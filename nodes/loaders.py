@@ -19,6 +19,7 @@ from .build import (
     build_clip,
     build_model,
     build_vae,
+    map_weight_files,
     prefers_half_files,
     text_encoder_dtype,
     unet_dtype,
@@ -54,7 +55,7 @@ def load_folder_unet(folder: pipeline.ModelFolder, weight_dtype: str, prediction
     # Without a config.json the layout (so ComfyUI's default dtype) is known only after reading the weights.
     dtype = unet_dtype(weight_dtype, spec) if spec else WEIGHT_DTYPES[weight_dtype]
     half = dtype is not None and prefers_half_files(dtype)
-    unet = components.load_unet(folder, prefer_half=half, dtype=dtype)
+    unet = components.load_unet(folder, prefer_half=half, dtype=dtype, mmap=map_weight_files())
     dtype = dtype or unet_dtype(weight_dtype, unet.spec)
     resolved = pipeline.prediction_type(folder) if prediction == "auto" else prediction
     model = build_model(unet, dtype, resolved, fp8_fast=weight_dtype == "fp8_e4m3fn_fast")
@@ -71,10 +72,11 @@ def load_folder(folder: pipeline.ModelFolder, weight_dtype: str, prediction: str
     progress.update(1)
     # Read the text encoder in the dtype ComfyUI will keep it in (fp16 by default): less to read and hold.
     te_dtype = (clip_options or {}).get("dtype") or text_encoder_dtype()
-    te = components.load_text_encoder(folder, spec, half or prefers_half_files(te_dtype), te_dtype)
+    te = components.load_text_encoder(folder, spec, half or prefers_half_files(te_dtype), te_dtype,
+                                      mmap=map_weight_files())
     clip = build_clip(te, embedding_directories(), clip_options)
     progress.update(1)
-    vae = build_vae(components.load_vae(folder, half), vae_dtype)
+    vae = build_vae(components.load_vae(folder, half, mmap=map_weight_files()), vae_dtype)
     progress.update(1)
     return model, clip, vae
 
@@ -194,7 +196,7 @@ class CheckpointLoader(io.ComfyNode):
     def execute(cls, ckpt_name, weight_dtype, prediction) -> io.NodeOutput:
         path = folder_paths.get_full_path_or_raise("checkpoints", ckpt_name)
         progress = comfy.utils.ProgressBar(3)
-        parts = components.split_checkpoint(*load_state_dict(path), path)
+        parts = components.split_checkpoint(*load_state_dict(path, mmap=map_weight_files()), path)
         resolved = (parts.prediction or "epsilon") if prediction == "auto" else prediction
         dtype = unet_dtype(weight_dtype, parts.unet.spec)
         model = build_model(parts.unet, dtype, resolved, fp8_fast=weight_dtype == "fp8_e4m3fn_fast")

@@ -8,7 +8,7 @@ from comfy_api.latest import io
 
 from ..bksdm.lora import transfer_lora
 from ..bksdm.weights import load_state_dict
-from .build import spec_of
+from .build import map_weight_files, spec_of
 from .inputs import listed_file, verdict
 
 STRENGTH = dict(default=1.0, min=-100.0, max=100.0, step=0.01)
@@ -45,7 +45,7 @@ class LoraTransferLoader(io.ComfyNode):
     @classmethod
     def execute(cls, model, lora_name, strength_model, strength_clip, clip=None) -> io.NodeOutput:
         path = folder_paths.get_full_path_or_raise("loras", lora_name)
-        lora, _ = load_state_dict(path)
+        lora, _ = load_state_dict(path, mmap=map_weight_files())
         transferred, _ = transfer_lora(lora, spec_of(model), path)
         new_model, new_clip = comfy.sd.load_lora_for_models(model, clip, transferred, strength_model, strength_clip)
         return io.NodeOutput(new_model, new_clip)

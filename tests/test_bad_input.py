@@ -57,10 +57,21 @@ def _rewrite_header(path: Path, change) -> None:
     path.write_bytes(struct.pack("<Q", len(new)) + new + raw[8 + length:])
 
 
-def test_a_valid_file_reads_into_fresh_tensors_and_casts(weights):
+def test_a_valid_file_loads_and_casts(weights):
     state, _ = load_state_dict(weights, torch.float16)
     assert torch.equal(state["a"], torch.arange(6, dtype=torch.float16).reshape(2, 3))
     assert state["a"].dtype == torch.float16 and state["b"].dtype == torch.float16
+
+
+def test_without_mmap_the_tensors_do_not_follow_the_file(weights):
+    """ComfyUI's --disable-mmap: every tensor copied out, so rewriting the file in place changes nothing."""
+    state, _ = load_state_dict(weights, mmap=False)
+    (length,) = struct.unpack("<Q", weights.read_bytes()[:8])
+    with open(weights, "r+b") as f:
+        f.seek(8 + length)
+        f.write(bytes(weights.stat().st_size - 8 - length))
+    assert torch.equal(state["a"], torch.arange(6, dtype=torch.float32).reshape(2, 3))
+    assert torch.equal(state["b"], torch.ones(4, dtype=torch.float16))
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "header longer than file", "not json", "lying shape",
