@@ -56,6 +56,18 @@ LAYOUTS = {layout.name: layout for layout in (
 )}
 
 
+def progress(tag: str, since: float | None = None) -> Callable[[str], None]:
+    """A writer of progress lines to stderr (stdout carries only the report), tagged with the
+    script's name and, given ``since`` (a ``time.monotonic()``), the seconds elapsed."""
+
+    def log(msg: str) -> None:
+        elapsed = "" if since is None else f" {time.monotonic() - since:6.1f}s"
+        sys.stderr.write(f"[{tag}{elapsed}] {msg}\n")
+        sys.stderr.flush()
+
+    return log
+
+
 def layout_list(text: str) -> list[Layout]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in LAYOUTS]

@@ -94,9 +94,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def log(msg: str) -> None:
-    sys.stderr.write(f"[gpu {time.monotonic() - T0:6.1f}s] {msg}\n")
-    sys.stderr.flush()
+log = C.progress("gpu", since=T0)
 
 
 class Budget:

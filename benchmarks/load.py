@@ -131,9 +131,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def log(msg: str) -> None:
-    sys.stderr.write(f"[load] {msg}\n")
-    sys.stderr.flush()
+log = C.progress("load")
 
 
 def main(argv=None) -> int:

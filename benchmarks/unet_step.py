@@ -137,9 +137,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def log(msg: str) -> None:
-    sys.stderr.write(f"[unet_step] {msg}\n")
-    sys.stderr.flush()
+log = C.progress("unet_step")
 
 
 def main(argv=None) -> int:
