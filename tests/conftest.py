@@ -183,7 +183,7 @@ def release_comfy_models(request):
     """After each host test, drop what the in-process ComfyUI still holds (cached node outputs,
     loaded models): full-size models are gigabytes, and the machine has 24 GB."""
     yield
-    host = comfy_host.running_host() if request.node.get_closest_marker("host") else None
+    host = comfy_host.running_host() if "host" in request.fixturenames else None
     if host is not None:
         from graphs import release_memory
 
