@@ -90,11 +90,10 @@ def csv_list(text: str, allowed: Sequence[str] | None = None) -> list[str]:
 def comfyui_path(given: str | None) -> Path:
     from cli import comfy_host
 
-    path = Path(given).expanduser().resolve() if given else comfy_host.find_comfyui()
-    if path is None or not comfy_host.is_comfyui(path):
-        raise SystemExit(f"no ComfyUI checkout found (searched {given or comfy_host.where_searched()}); "
-                         "pass --comfyui PATH or set COMFYUI_PATH")
-    return path
+    try:
+        return comfy_host.locate_comfyui(given, "pass --comfyui PATH or set COMFYUI_PATH")
+    except comfy_host.HostError as e:
+        raise SystemExit(str(e)) from None
 
 
 def comfyui_version(path: Path) -> str:

@@ -32,7 +32,6 @@ T0 = time.monotonic()  # the budget counts from here: imports included
 
 import argparse  # noqa: E402
 import gc  # noqa: E402
-import json  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -391,8 +390,7 @@ def main(argv=None) -> int:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "gpu-results.md").write_text(text)
-        (args.out / "gpu-results.json").write_text(json.dumps({"header": header, "rows": rows, "skipped": skipped},
-                                                              indent=2, default=str))
+        C.save_json(args.out / "gpu-results.json", {"header": header, "rows": rows, "skipped": skipped})
     C.write_stdout(text + f"raw results: {results}\n")
     return 0
 

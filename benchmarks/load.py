@@ -62,12 +62,6 @@ def _finish(load: C.Measured, expected: list[str], modules: list) -> dict:
     return result
 
 
-def _pack_modules(host):
-    """The pack's own modules as ComfyUI imported them (it names the package after its path)."""
-    loaders = sys.modules[host.nodes.NODE_CLASS_MAPPINGS["BKSDMPipelineLoader"].__module__]
-    return loaders, loaders.components
-
-
 def pack_worker(spec: dict) -> dict:
     from cli import comfy_host
 
@@ -77,7 +71,7 @@ def pack_worker(spec: dict) -> dict:
     folder_paths.add_model_folder_path("diffusers", str(Path(spec["folder"]).parent))
     name = Path(spec["folder"]).name
     loader = host.nodes.NODE_CLASS_MAPPINGS["BKSDMPipelineLoader"]
-    loaders, _ = _pack_modules(host)
+    loaders = host.pack_module("nodes.loaders")
     half = spec["dtype"] == "fp16"
     te_half = half or loaders.prefers_half_files(loaders.text_encoder_dtype())  # read as ComfyUI stores it
     folder = loaders.pipeline.open_model_folder(spec["folder"])

@@ -75,11 +75,6 @@ class BlockMap:
     ldm: dict[str, str]  # student LDM prefix -> teacher LDM prefix
     teacher: UNetSpec
 
-    def removed_teacher_blocks(self) -> list[str]:
-        """Teacher blocks (LDM names) no student block came from."""
-        kept = set(self.ldm.values())
-        return [b.ldm for b in _blocks(self.teacher).values() if b.ldm not in kept]
-
 
 def block_map(student: UNetSpec, source=None) -> BlockMap:
     layout = _require_known_layout(student, source)

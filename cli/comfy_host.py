@@ -43,6 +43,14 @@ def find_comfyui() -> Path | None:
     return next((p.resolve() for p in comfyui_candidates() if is_comfyui(p)), None)
 
 
+def locate_comfyui(given: str | os.PathLike | None, hint: str) -> Path:
+    """The ComfyUI checkout a command was pointed at, or else the one found; ``hint`` ends the error."""
+    path = Path(given).expanduser() if given else find_comfyui()
+    if path is None or not is_comfyui(path):
+        raise HostError(f"no ComfyUI checkout found (searched {given or where_searched()}); {hint}")
+    return path.resolve()
+
+
 def where_searched() -> str:
     return ", ".join(str(p) for p in comfyui_candidates())
 
@@ -182,16 +190,13 @@ def start(comfy_path: Path, comfy_args: Sequence[str] = ()) -> Host:
 
 def start_for_tools(comfy_path: Path | None, comfy_args: Sequence[str] = ()) -> Host:
     """Start the ComfyUI a command was pointed at (or the one found), on the CPU if there is no GPU."""
-    comfy_path = comfy_path or find_comfyui()
-    if comfy_path is None or not is_comfyui(Path(comfy_path)):
-        raise HostError(f"no ComfyUI checkout found (searched {comfy_path or where_searched()}); "
-                        "set COMFYUI_PATH or pass --comfyui")
+    comfy_path = locate_comfyui(comfy_path, "set COMFYUI_PATH or pass --comfyui")
     import torch
 
     flags = list(comfy_args)
     if not torch.cuda.is_available() and "--cpu" not in flags:
         flags.append("--cpu")
-    return start(Path(comfy_path), flags)
+    return start(comfy_path, flags)
 
 
 if __name__ == "__main__":  # scripts/env.sh asks where ComfyUI is

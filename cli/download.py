@@ -41,12 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def comfyui_diffusers_folder(comfy_path: Path | None) -> str:
     """The first diffusers folder of a ComfyUI checkout, as ComfyUI itself would set it up."""
-    path = comfy_path or comfy_host.find_comfyui()
-    if path is None or not comfy_host.is_comfyui(path):
-        searched = comfy_path or comfy_host.where_searched()
-        raise comfy_host.HostError(f"no ComfyUI checkout found (searched {searched}); "
-                                   "pass --comfyui PATH, or --dest DIR to download anywhere")
-    folder_paths = comfy_host.import_folder_paths(Path(path).resolve())
+    path = comfy_host.locate_comfyui(comfy_path, "pass --comfyui PATH, or --dest DIR to download anywhere")
+    folder_paths = comfy_host.import_folder_paths(path)
     return folder_paths.get_folder_paths("diffusers")[0]
 
 

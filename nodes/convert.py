@@ -36,8 +36,9 @@ def write_checkpoint(folder: pipeline.ModelFolder, output: str, precision: str) 
     dtype = PRECISIONS[precision]
     model, clip, vae = load_folder(folder, precision, "auto", clip_options={"dtype": dtype}, vae_dtype=dtype)
     spec = spec_of(model)
+    layout = classify_layout(spec)
     metadata = {"modelspec.sai_model_spec": "1.0.0", "modelspec.title": os.path.basename(folder.path),
-                "bksdm.layout": classify_layout(spec), "bksdm.family": spec.family.name,
+                "bksdm.layout": layout, "bksdm.family": spec.family.name,
                 "modelspec.predict_key": "v" if model.model.model_type.name == "V_PREDICTION" else "epsilon"}
     partial = f"{output}.partial-{os.getpid()}"
     try:
@@ -49,7 +50,7 @@ def write_checkpoint(folder: pipeline.ModelFolder, output: str, precision: str) 
     finally:
         if os.path.exists(partial):
             os.remove(partial)
-    log.info("BK-SDM: wrote %s (%s, %s)", output, classify_layout(spec), precision)
+    log.info("BK-SDM: wrote %s (%s, %s)", output, layout, precision)
     return output
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 
 import comfy.utils
-import folder_paths
 from comfy_api.latest import io, ui
 
 from ..bksdm.download import WEIGHT_CHOICES, download_model, is_downloaded, parse_repo_id
 from ..bksdm.errors import DownloadError
 from ..bksdm.variants import VARIANTS
+from .inputs import choice, diffusers_roots
 
 CATEGORY = "loaders/BK-SDM"
 CUSTOM = "custom"
@@ -19,7 +19,7 @@ PROGRESS_UPDATES = 200  # UI updates per download: each one is a websocket messa
 
 def download_root() -> str:
     """Where models go: the first diffusers folder, as extra_model_paths.yaml may have set it."""
-    return folder_paths.get_folder_paths("diffusers")[0]
+    return diffusers_roots()[0]
 
 
 def _repo(variant: str, repo_id: str) -> str:
@@ -71,10 +71,9 @@ class DownloadNode(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, variant, repo_id, weights):
         # ComfyUI does not check V3 combo values that arrive through the API.
-        if variant not in (*VARIANTS, CUSTOM):
-            return f"variant must be one of {', '.join(VARIANTS)} or {CUSTOM}, not {variant!r}"
-        if weights not in WEIGHT_CHOICES:
-            return f"weights must be one of {', '.join(WEIGHT_CHOICES)}, not {weights!r}"
+        problem = choice("variant", variant, (*VARIANTS, CUSTOM)) or choice("weights", weights, WEIGHT_CHOICES)
+        if problem:
+            return problem
         try:
             parse_repo_id(_repo(variant, repo_id))
         except DownloadError as e:
