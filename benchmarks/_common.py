@@ -27,6 +27,8 @@ for _p in (REPO, REPO / "tests"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
+from cli.comfy_host import DEFAULT_COMFYUI  # noqa: E402, F401  (re-exported for the --comfyui help; the repository is on sys.path from here)
+
 RESULT_PREFIX = "BENCH_RESULT "
 
 
@@ -97,12 +99,9 @@ def comfyui_path(given: str | None) -> Path:
 
 
 def comfyui_version(path: Path) -> str:
-    version = "?"
-    try:
-        text = (path / "comfyui_version.py").read_text()
-        version = text.split("__version__ =", 1)[1].strip().strip("\"'").splitlines()[0].strip("\"'")
-    except (OSError, IndexError):
-        pass
+    from cli.provision_comfyui import comfyui_version as declared_version
+
+    version = declared_version(path) or "?"
     commit = git_describe(path) or recorded_commit(path / ".bench-commit")
     return f"{version} ({commit})" if commit else version
 

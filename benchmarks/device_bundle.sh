@@ -8,18 +8,25 @@
 # The GPU image (see BENCHMARKS.md) has python3 3.12 with torch, transformers, safetensors,
 # accelerate, einops, psutil, scipy, aiohttp, yarl, tokenizers, sentencepiece, Pillow, ...
 # It lacks: diffusers (the comparison), torchsde + trampoline (imported by ComfyUI's samplers)
-# and av (imported by ComfyUI's node API). ComfyUI's other optional imports (kornia, spandrel,
-# pydantic, torchaudio) only disable a few unrelated built-in nodes when missing.
+# and av (imported by ComfyUI's node API); for ComfyUI 0.33 also comfy-aimdo (DynamicVRAM),
+# comfy-kitchen, simpleeval and blake3 (its requirements.txt), and a torchaudio matching the
+# image's torch (comfy.sd imports it), which only the image's own index can say: not bundled.
+# ComfyUI's other optional imports (kornia, spandrel, pydantic) only disable a few unrelated
+# built-in nodes when missing.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DEST="${BENCH_DEVICE_DIR:-$ROOT/.bench-device}"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
-COMFY="${COMFYUI_PATH:-$("$PY" -m cli.comfy_host)}"
+COMFY="${COMFYUI_PATH:-$(python3 -m cli.provision_comfyui)}"
 [ -n "$COMFY" ] && [ -f "$COMFY/comfy/sd.py" ] || { echo "no ComfyUI checkout found: set COMFYUI_PATH" >&2; exit 1; }
 # What the GPU image runs (python3 3.12, x86-64); versions pinned to what was checked.
 PY_VERSION="${DEVICE_PYTHON_VERSION:-3.12}"
 DIFFUSERS_VERSION="${DIFFUSERS_VERSION:-$("$PY" -c 'import importlib.metadata as m; print(m.version("diffusers"))')}"
 WHEELS=("diffusers==$DIFFUSERS_VERSION" "torchsde==0.2.6" "trampoline==0.1.2" "av==18.1.0")
+if [ -f "$COMFY/requirements.txt" ]; then  # ComfyUI's own pins of the packages the image lacks
+    while read -r pin; do WHEELS+=("$pin"); done < <(grep -E '^(comfy-aimdo|comfy-kitchen|simpleeval|blake3)' \
+        "$COMFY/requirements.txt")
+fi
 
 cd "$ROOT"
 if [ "$DEST" = "$ROOT/.bench-device" ] && ! grep -qxF '/.bench-device/' "$(git rev-parse --git-dir)/info/exclude" \

@@ -18,6 +18,12 @@ batch 1 and 4, fp16 and bf16.
   the fp16 files, as the pack does), ``EulerDiscreteScheduler``, prompt embeddings
   computed once, ``output_type="latent"``: the denoising loop alone, as for ComfyUI.
 
+ComfyUI runs with DynamicVRAM on (its default on CUDA in 0.33) and off
+(``--disable-dynamic-vram``), each in a process of its own, since ComfyUI picks its model
+patcher once at start-up; every ComfyUI row says which patcher held the MODEL. Releases
+without DynamicVRAM (0.3.64) run once. ComfyUI starts as ``python main.py`` does
+(``comfy_host.start(comfyui_startup=True)``), so the MODEL is managed as in a real session.
+
 it/s = steps / wall time of one sampling call (CUDA synchronised), median of --repeats
 calls after a warm-up call. Peak VRAM: ``torch.cuda.max_memory_allocated`` during the
 timed calls; "U-Net + sampling" subtracts what other models (text encoder, VAE) held on
@@ -81,8 +87,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                              "1 with --smoke)")
     p.add_argument("--out", type=Path, default=Path(os.environ["OUT"]) if os.environ.get("OUT") else None,
                    help="also copy the results (markdown + JSON) here (default: $OUT when set)")
-    p.add_argument("--comfyui", help="ComfyUI checkout (default: COMFYUI_PATH, ../ComfyUI, ~/.cache/ComfyUI)")
+    p.add_argument("--comfyui", help=f"ComfyUI checkout (default: {C.DEFAULT_COMFYUI})")
     p.add_argument("--comfy-arg", action="append", default=[], metavar="ARG", help="extra ComfyUI flag (repeatable)")
+    p.add_argument("--dynamic-vram", default="on,off", help="ComfyUI's DynamicVRAM settings to measure, each in its "
+                   "own process; ignored on releases without it (default: %(default)s)")
     args = p.parse_args(argv)
     defaults = SMOKE if args.smoke else FULL
     for key, value in defaults.items():
@@ -119,7 +127,7 @@ class Bench:
         from cli import comfy_host
 
         flags = (["--cpu"] if args.smoke else []) + list(args.comfy_arg)
-        self.host = comfy_host.start(comfy_path, flags)
+        self.host = comfy_host.start(comfy_path, flags, comfyui_startup=True)
         import comfy.utils
         import folder_paths
 
@@ -194,7 +202,8 @@ class Bench:
                                                  latent)[0]["samples"]
 
                 row = {"model": layout.name, "dtype": dtype, "batch": batch, "framework": framework,
-                       "load_s": load_s, "attention": attention.optimized_attention.__name__}
+                       "load_s": load_s, "attention": attention.optimized_attention.__name__,
+                       "dynamic_vram": self.args.dynamic_vram, "patcher": type(model).__name__}
                 try:
                     row.update(self.measure(call, model.model.diffusion_model))
                 except Exception as e:  # a compile failure is a result, not the end of the run
@@ -262,36 +271,42 @@ class Bench:
 # --------------------------------------------------------------------------- report
 
 def report(rows: list[dict], skipped: list[str], args) -> str:
-    def find(model, dtype, batch, framework):
+    def find(model, dtype, batch, framework, dynamic_vram=None):
         return next((r for r in rows if (r["model"], r["dtype"], r["batch"], r["framework"]) ==
-                     (model, dtype, batch, framework) and "its" in r), None)
+                     (model, dtype, batch, framework) and r.get("dynamic_vram") == dynamic_vram and "its" in r), None)
 
     table_rows = []
     for r in rows:
-        teacher = find("sd1-teacher", r["dtype"], r["batch"], r["framework"])
+        setting = r.get("dynamic_vram")
+        teacher = find("sd1-teacher", r["dtype"], r["batch"], r["framework"], setting)
         diff = find(r["model"], r["dtype"], r["batch"], "diffusers")
+        off = find(r["model"], r["dtype"], r["batch"], r["framework"], "off") if setting == "on" else None
         its = r.get("its")
         table_rows.append([
-            r["model"], r["dtype"], r["batch"], r["framework"], its, r.get("seconds"),
+            r["model"], r["dtype"], r["batch"], r["framework"],
+            f"{setting} ({r['patcher']})" if setting else None, its, r.get("seconds"),
             r.get("peak_vram") and r["peak_vram"] / MIB, r.get("sampling_peak_vram") and r["sampling_peak_vram"] / MIB,
             C.ratio(its, teacher and teacher["its"]) if r["model"] != "sd1-teacher" else None,
             C.ratio(its, diff and diff["its"]) if r["framework"] != "diffusers" else None,
-            r.get("load_s"), r.get("warmup_s"), r.get("finite"), r.get("error") or r.get("attention")])
-    out = C.table(["model", "dtype", "batch", "framework", "it/s", "s/call", "peak VRAM MiB",
-                   "U-Net+sampling peak MiB", "x teacher it/s", "x diffusers it/s", "load s", "warm-up s",
-                   "finite", "attention / note"], table_rows)
+            C.ratio(its, off and off["its"]), r.get("load_s"), r.get("warmup_s"), r.get("finite"),
+            r.get("error") or r.get("attention")])
+    out = C.table(["model", "dtype", "batch", "framework", "DynamicVRAM (patcher)", "it/s", "s/call", "peak VRAM MiB",
+                   "U-Net+sampling peak MiB", "x teacher it/s", "x diffusers it/s", "x DynamicVRAM off it/s",
+                   "load s", "warm-up s", "finite", "attention / note"], table_rows)
+    settings = sorted({r["dynamic_vram"] for r in rows if r.get("dynamic_vram")}, reverse=True)
     targets = []
-    for model, target in TARGETS.items():
-        r, t = find(model, "fp16", 1, "ComfyUI"), find("sd1-teacher", "fp16", 1, "ComfyUI")
-        value = C.ratio(r and r["its"], t and t["its"])
-        targets.append([f"{model} it/s over the teacher's (ComfyUI, fp16, batch 1, CFG)", value,
-                        C.verdict(value, target, True)])
+    for setting in settings:
+        for model, target in TARGETS.items():
+            r, t = (find(m, "fp16", 1, "ComfyUI", setting) for m in (model, "sd1-teacher"))
+            value = C.ratio(r and r["its"], t and t["its"])
+            targets.append([f"{model} it/s over the teacher's (ComfyUI, DynamicVRAM {setting}, fp16, batch 1, CFG)",
+                            value, C.verdict(value, target, True)])
     for r in rows:
         if r["framework"] == "ComfyUI" and "its" in r:
             d = find(r["model"], r["dtype"], r["batch"], "diffusers")
             value = C.ratio(r["its"], d and d["its"])
-            targets.append([f"pack in ComfyUI over diffusers, {r['model']} {r['dtype']} batch {r['batch']}", value,
-                            C.verdict(value, PACK_VS_DIFFUSERS, True)])
+            targets.append([f"pack in ComfyUI (DynamicVRAM {r['dynamic_vram']}) over diffusers, {r['model']} "
+                            f"{r['dtype']} batch {r['batch']}", value, C.verdict(value, PACK_VS_DIFFUSERS, True)])
     out += "\n### Targets\n\n" + C.table(["target", "ratio", "verdict"], targets)
     if args.smoke:
         out += "\n(--smoke: CPU at a tiny size; these numbers check the code path and mean nothing for a GPU.)\n"
@@ -319,15 +334,16 @@ def gpu_description(torch) -> dict[str, str]:
     return info
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def dynamic_vram_settings(args, comfy_path: Path) -> list[str]:
+    """The settings to measure: those asked for, where this ComfyUI has DynamicVRAM at all."""
+    has_it = "--disable-dynamic-vram" in (comfy_path / "comfy" / "cli_args.py").read_text()
+    return C.csv_list(args.dynamic_vram, ("on", "off")) if has_it else ["n/a"]
+
+
+def measure(args, comfy: Path, folders: dict[str, Path]) -> dict:
+    """Every (model, dtype) through each framework, in this process, under one DynamicVRAM setting."""
     import torch
 
-    if not args.smoke and not torch.cuda.is_available():
-        sys.stderr.write(f"benchmarks/gpu.py needs a CUDA GPU and torch {torch.__version__} sees none "
-                         f"(CUDA build: {torch.version.cuda or 'no'}). Run it on a GPU machine, or with --smoke to "
-                         "check the code path on the CPU at a tiny size.\n")
-        return 2
     budget = Budget(args.budget_s)
     layouts = C.layout_list(args.models)
     dtypes = C.csv_list(args.dtypes, DTYPES)
@@ -335,30 +351,22 @@ def main(argv=None) -> int:
     frameworks = C.csv_list(args.frameworks, ("comfyui", "diffusers"))
     compile_layouts = C.layout_list(args.compile_models) if args.compile_models else []
     compile_batches = [int(b) for b in C.csv_list(args.compile_batches)]
-    comfy = C.comfyui_path(args.comfyui)
-    workdir = args.workdir.resolve()
-
-    needed = {lay.name: lay for lay in [*layouts, *compile_layouts]}
-    log(f"pipelines: {', '.join(needed)} under {workdir}")
-    with ThreadPoolExecutor(max_workers=args.write_jobs) as pool:
-        folders = dict(zip(needed, pool.map(lambda lay: C.ensure_pipeline(workdir, lay, comfy, log), needed.values()),
-                           strict=True))
-    log("starting ComfyUI in-process")
+    log(f"starting ComfyUI in-process (DynamicVRAM {args.dynamic_vram})")
     bench = Bench(args, comfy, folders)
     header = C.machine_header(
         "BK-SDM sampling benchmark (GPU)" if not args.smoke else "BK-SDM sampling benchmark (--smoke, CPU)", comfy,
         {**gpu_description(torch),
          "settings": f"{args.size}x{args.size}, euler / normal (ComfyUI) and EulerDiscreteScheduler (diffusers), "
                      f"{args.steps} steps per timed call, CFG {args.cfg}, {args.warmup_steps}-step warm-up call, "
-                     f"median of {args.repeats} call(s); budget {args.budget_s:.0f} s; ComfyUI flags "
-                     f"{' '.join((['--cpu'] if args.smoke else []) + args.comfy_arg) or '(none)'}"})
+                     f"median of {args.repeats} call(s); budget {args.budget_s:.0f} s per DynamicVRAM setting; "
+                     f"ComfyUI flags {' '.join((['--cpu'] if args.smoke else []) + args.comfy_arg) or '(none)'}"})
 
     rows, skipped = [], []
     estimate = 30.0  # seconds for one (model, dtype) through both frameworks; updated as runs finish
     for dtype in dtypes:  # fp16 first: the targets are measured there
         for lay in layouts:
             if not budget.allows(estimate):
-                skipped.append(f"{lay.name} {dtype} (time budget)")
+                skipped.append(f"{lay.name} {dtype} (time budget, DynamicVRAM {args.dynamic_vram})")
                 continue
             start = time.monotonic()
             log(f"{lay.name} {dtype}")
@@ -382,6 +390,52 @@ def main(argv=None) -> int:
                         for other in compile_layouts[compile_layouts.index(lay) + 1:]]
             break
         compile_estimate = max(compile_estimate * 0.5, 1.2 * (time.monotonic() - start))
+    return {"header": header, "rows": rows, "skipped": skipped}
+
+
+def worker(spec: dict) -> dict:
+    args = parse_args(spec["argv"])
+    return measure(args, Path(spec["comfyui"]), {name: Path(path) for name, path in spec["folders"].items()})
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    import torch
+
+    if not args.smoke and not torch.cuda.is_available():
+        sys.stderr.write(f"benchmarks/gpu.py needs a CUDA GPU and torch {torch.__version__} sees none "
+                         f"(CUDA build: {torch.version.cuda or 'no'}). Run it on a GPU machine, or with --smoke to "
+                         "check the code path on the CPU at a tiny size.\n")
+        return 2
+    comfy = C.comfyui_path(args.comfyui)
+    workdir = args.workdir.resolve()
+    layouts = C.layout_list(args.models) + (C.layout_list(args.compile_models) if args.compile_models else [])
+    needed = {lay.name: lay for lay in layouts}
+    log(f"pipelines: {', '.join(needed)} under {workdir}")
+    with ThreadPoolExecutor(max_workers=args.write_jobs) as pool:
+        folders = dict(zip(needed, pool.map(lambda lay: C.ensure_pipeline(workdir, lay, comfy, log), needed.values()),
+                           strict=True))
+
+    settings = dynamic_vram_settings(args, comfy)
+    share = max(60.0, (args.budget_s - (time.monotonic() - T0)) / len(settings))
+    rows, skipped, header = [], [], ""
+    for n, setting in enumerate(settings):
+        # diffusers knows no DynamicVRAM: measured once, beside the first setting.
+        frameworks = args.frameworks if n == 0 else ",".join(f for f in C.csv_list(args.frameworks) if f != "diffusers")
+        if not frameworks:
+            continue
+        flags = [f"--comfy-arg={a}" for a in args.comfy_arg] + (["--comfy-arg=--disable-dynamic-vram"]
+                                                              if setting == "off" else [])
+        child = [a for a in argv if not a.startswith("--comfy-arg")] + [
+            *flags, "--dynamic-vram", setting, "--frameworks", frameworks, "--budget-s", f"{share:.0f}"]
+        spec = {"action": "measure", "argv": child, "comfyui": str(comfy),
+                "folders": {name: str(path) for name, path in folders.items()}}
+        log(f"DynamicVRAM {setting}: a ComfyUI process of its own (log: {workdir}/logs/gpu-{setting}.log)")
+        result = C.run_worker(Path(__file__), spec, workdir / "logs" / f"gpu-{setting}.log", timeout=share + 300)
+        rows += result["rows"]
+        skipped += result["skipped"]
+        header = header or result["header"]
 
     text = header + "\n" + report(rows, skipped, args) + f"\ntotal wall time {time.monotonic() - T0:.0f} s\n"
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -396,4 +450,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if C.is_worker():
+        C.worker_main({"measure": worker})
+    else:
+        sys.exit(main())

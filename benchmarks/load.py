@@ -118,7 +118,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="warm: weight files read once before each load, so both loaders read from the page cache; "
                         "cold: their cached pages dropped before each load (posix_fadvise), so the disk is "
                         "timed too (default: %(default)s)")
-    p.add_argument("--comfyui", help="ComfyUI checkout (default: COMFYUI_PATH, ../ComfyUI, ~/.cache/ComfyUI)")
+    p.add_argument("--comfyui", help=f"ComfyUI checkout (default: {C.DEFAULT_COMFYUI})")
     p.add_argument("--comfy-arg", action="append", default=[], metavar="ARG",
                    help="extra ComfyUI flag for the pack's process, e.g. --comfy-arg=--fp32-text-enc")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per worker process (default: %(default)s)")

@@ -132,7 +132,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "ComfyUI picks on this machine (default: %(default)s)")
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "bksdm-bench",
                    help="logs and JSON results (default: %(default)s)")
-    p.add_argument("--comfyui", help="ComfyUI checkout (default: COMFYUI_PATH, ../ComfyUI, ~/.cache/ComfyUI)")
+    p.add_argument("--comfyui", help=f"ComfyUI checkout (default: {C.DEFAULT_COMFYUI})")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per worker process (default: %(default)s)")
     return p.parse_args(argv)
 

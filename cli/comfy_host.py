@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import importlib
 import logging
 import os
 import sys
@@ -16,9 +17,16 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import provision_comfyui
+from .provision_comfyui import comfyui_version, is_comfyui
+
 log = logging.getLogger(__name__)
 
 PACK_DIR = Path(__file__).resolve().parents[1]
+
+
+# What the --comfyui options default to, for their help texts.
+DEFAULT_COMFYUI = "COMFYUI_PATH, the ComfyUI this pack is installed in, else the release scripts/env.sh fetched"
 
 
 class HostError(RuntimeError):
@@ -26,17 +34,14 @@ class HostError(RuntimeError):
 
 
 def comfyui_candidates() -> list[Path]:
-    """Where a ComfyUI checkout is looked for, in order."""
-    if os.environ.get("COMFYUI_PATH"):
-        return [Path(os.environ["COMFYUI_PATH"]).expanduser()]
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return [PACK_DIR.parent.parent,  # this pack installed in ComfyUI/custom_nodes/
-            PACK_DIR.parent / "ComfyUI",  # a checkout beside this repository
-            cache / "ComfyUI"]
-
-
-def is_comfyui(path: Path) -> bool:
-    return all((path / name).is_file() for name in ("main.py", "nodes.py", "folder_paths.py", "comfy/sd.py"))
+    """Where a ComfyUI checkout is looked for, in order (``scripts/env.sh`` fetches the last one)."""
+    given = provision_comfyui.given_or_installed()
+    if given is not None:
+        return [given]
+    try:
+        return [provision_comfyui.provisioned_path(provision_comfyui.requested_version())]
+    except provision_comfyui.ProvisionError:
+        return []
 
 
 def find_comfyui() -> Path | None:
@@ -47,12 +52,13 @@ def locate_comfyui(given: str | os.PathLike | None, hint: str) -> Path:
     """The ComfyUI checkout a command was pointed at, or else the one found; ``hint`` ends the error."""
     path = Path(given).expanduser() if given else find_comfyui()
     if path is None or not is_comfyui(path):
-        raise HostError(f"no ComfyUI checkout found (searched {given or where_searched()}); {hint}")
+        raise HostError(f"no ComfyUI checkout found (searched {given or where_searched()}); {hint}, or run "
+                        "scripts/txt2img.sh or scripts/test.sh once: they fetch ComfyUI themselves")
     return path.resolve()
 
 
 def where_searched() -> str:
-    return ", ".join(str(p) for p in comfyui_candidates())
+    return ", ".join(str(p) for p in comfyui_candidates()) or "nowhere: BKSDM_COMFYUI_VERSION is not supported"
 
 
 def configure(comfy_path: Path | None, comfy_args: Sequence[str]) -> None:
@@ -98,6 +104,21 @@ class HeadlessServer:
         log.debug("ComfyUI node %s: %s", node_id, text)
 
 
+def new_executor(execution, server):
+    """ComfyUI's ``PromptExecutor`` with the classic node cache (outputs dropped when unused).
+
+    Its constructor is not a versioned API: releases before the RAM-pressure cache (0.3.64)
+    take ``cache_size``, later ones (0.33) ``cache_args``, read on every run. This is the
+    one place the pack depends on it.
+    """
+    import inspect
+
+    if "cache_args" in inspect.signature(execution.PromptExecutor).parameters:
+        return execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC,
+                                        cache_args={"lru": 0, "ram": 0.0, "ram_inactive": 0.0})
+    return execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC, cache_size=0)
+
+
 class Host:
     """A started, in-process ComfyUI with this pack loaded."""
 
@@ -107,14 +128,13 @@ class Host:
         import nodes
 
         self.path = comfy_path
+        self.version = comfyui_version(comfy_path)
         self.nodes = nodes
         self.server = HeadlessServer()
-        self.executor = execution.PromptExecutor(self.server)
+        self.executor = new_executor(execution, self.server)
 
     def pack_module(self, name: str):
         """A module of this pack as ComfyUI imported it (e.g. 'bksdm.errors'), for the pack's own types."""
-        import importlib
-
         return importlib.import_module(f"{str(PACK_DIR).replace('.', '_x_')}.{name}")
 
     def node_info(self, class_type: str) -> dict:
@@ -173,12 +193,37 @@ def import_folder_paths(comfy_path: Path, comfy_args: Sequence[str] = ()):
     return folder_paths
 
 
-def start(comfy_path: Path, comfy_args: Sequence[str] = ()) -> Host:
-    """Start ComfyUI in this process (once) with its built-in nodes and this pack."""
+def run_comfyui_startup(comfy_path: Path, comfy_args: Sequence[str]) -> None:
+    """ComfyUI's own start-up, as ``python main.py`` runs it up to the server: its logging,
+    model paths, custom nodes' prestartup scripts and, on CUDA, DynamicVRAM (the patcher
+    ``CoreModelPatcher`` names). main.py keeps all of it at module level for this."""
+    global _PATHS_APPLIED
+    configure(comfy_path, comfy_args)
+    root = logging.getLogger()
+    before = list(root.handlers)
+    startup = importlib.import_module("main")
+    if root.handlers != before:  # ComfyUI's logging took over, as in main.py: one line per message
+        for handler in before:
+            root.removeHandler(handler)
+    if Path(startup.__file__).resolve() != (comfy_path / "main.py").resolve():
+        raise HostError(f"imported {startup.__file__} as ComfyUI's main.py; expected {comfy_path / 'main.py'}")
+    _PATHS_APPLIED = True
+
+
+def start(comfy_path: Path, comfy_args: Sequence[str] = (), comfyui_startup: bool = False) -> Host:
+    """Start ComfyUI in this process (once) with its built-in nodes and this pack.
+
+    ``comfyui_startup`` runs ComfyUI's whole start-up first (:func:`run_comfyui_startup`),
+    as the commands do; the test suite sets up only the model paths, since ComfyUI's
+    logging would take over the output that pytest captures.
+    """
     global _HOST
     if _HOST is not None:
         return _HOST
-    import_folder_paths(comfy_path, comfy_args)
+    if comfyui_startup:
+        run_comfyui_startup(comfy_path, comfy_args)
+    else:
+        import_folder_paths(comfy_path, comfy_args)
     import nodes
 
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
@@ -196,8 +241,6 @@ def start_for_tools(comfy_path: Path | None, comfy_args: Sequence[str] = ()) -> 
     flags = list(comfy_args)
     if not torch.cuda.is_available() and "--cpu" not in flags:
         flags.append("--cpu")
-    return start(comfy_path, flags)
+    return start(comfy_path, flags, comfyui_startup=True)
 
 
-if __name__ == "__main__":  # scripts/env.sh asks where ComfyUI is
-    sys.stdout.write(f"{find_comfyui() or ''}\n")

@@ -4,8 +4,8 @@
 
 The model is a registry name (``bk-sdm-small``, ``nota-ai/bk-sdm-v2-tiny``) or a Hugging
 Face repo id ``owner/name``. Without ``--dest`` it goes to the first ``diffusers`` folder
-of the ComfyUI found (``--comfyui``, COMFYUI_PATH, the ComfyUI this pack is installed in,
-../ComfyUI, ~/.cache/ComfyUI), extra_model_paths.yaml included. HF_TOKEN and HF_ENDPOINT
+of the ComfyUI found (``--comfyui``, else as :data:`comfy_host.DEFAULT_COMFYUI` says),
+extra_model_paths.yaml included. HF_TOKEN and HF_ENDPOINT
 are honoured. An interrupted download resumes when the command is run again. The folder's
 path is written to stdout; progress and errors go to the log.
 """
@@ -34,8 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dest", type=Path, help="models folder to download into (default: ComfyUI's first "
                                              "diffusers folder)")
     p.add_argument("--comfyui", type=Path, help="ComfyUI checkout whose diffusers folder to use (default: "
-                                                "COMFYUI_PATH, the ComfyUI this pack is installed in, ../ComfyUI, "
-                                                "~/.cache/ComfyUI)")
+                                                f"{comfy_host.DEFAULT_COMFYUI})")
     return p.parse_args(argv)
 
 

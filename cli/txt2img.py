@@ -51,8 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workflow", type=Path, help="a UI-format workflow with one BK-SDM pipeline loader "
                                                  "(default: the pack's example for the model's family)")
     p.add_argument("--server", help="URL of a running ComfyUI to queue the workflow on instead")
-    p.add_argument("--comfyui", type=Path, help="ComfyUI checkout to run in-process (default: COMFYUI_PATH, "
-                                                "the ComfyUI this pack is installed in, ../ComfyUI, ~/.cache/ComfyUI)")
+    p.add_argument("--comfyui", type=Path,
+                   help=f"ComfyUI checkout to run in-process (default: {comfy_host.DEFAULT_COMFYUI})")
     p.add_argument("--comfy-arg", action="append", default=[], metavar="ARG",
                    help="a ComfyUI command-line flag for the in-process run, e.g. --comfy-arg=--lowvram (repeatable)")
     return p.parse_args(argv)

@@ -1,8 +1,9 @@
 """Turn validated state dicts into ComfyUI MODEL / CLIP / VAE with stock ComfyUI calls.
 
-The U-Net becomes a plain ``ModelPatcher`` around ComfyUI's own ``UNetModel`` inside
-ComfyUI's own SD 1.x / SD 2.x model class, so LoRA, ControlNet, model merging, the
-model-patching nodes and Save Checkpoint treat it like any other SD model. The steps
+The U-Net becomes ComfyUI's own ``UNetModel`` inside its own SD 1.x / SD 2.x model
+class, held by the patcher ComfyUI's own loaders use (the DynamicVRAM one where that is
+on), so memory management, LoRA, ControlNet, model merging, the model-patching nodes and
+Save Checkpoint treat it like any other SD model. The steps
 are those of ``comfy.sd.load_diffusion_model_state_dict`` minus its layout guessing,
 which cannot recognise BK-SDM (the config comes from ``bksdm`` instead), and with the
 weights assigned rather than copied. Text encoder and VAE go through ComfyUI's own
@@ -10,6 +11,8 @@ loaders unchanged.
 """
 
 from __future__ import annotations
+
+import inspect
 
 import comfy.model_base
 import comfy.model_management
@@ -65,26 +68,54 @@ def text_encoder_dtype() -> torch.dtype:
     return mm.text_encoder_dtype(mm.text_encoder_device())
 
 
-def build_model(unet: UNetWeights, dtype: torch.dtype, prediction: str, fp8_fast: bool = False):
-    """A ModelPatcher around ComfyUI's UNetModel, built from the derived config."""
+def patcher_class(disable_dynamic: bool = False) -> type:
+    """The patcher class ComfyUI's own loaders build at this moment.
+
+    ``CoreModelPatcher`` (0.33; 0.3.64 has none) is the name main.py rebinds to the DynamicVRAM
+    patcher on CUDA, so it is read at every load, never imported once. Older releases
+    have only ``ModelPatcher``.
+    """
+    patchers = comfy.model_patcher
+    if disable_dynamic:
+        return patchers.ModelPatcher
+    return getattr(patchers, "CoreModelPatcher", patchers.ModelPatcher)
+
+
+def build_model(unet: UNetWeights, dtype: torch.dtype, prediction: str, fp8_fast: bool = False,
+                disable_dynamic: bool = False):
+    """A MODEL around ComfyUI's UNetModel, built from the derived config as
+    ``comfy.sd.load_diffusion_model_state_dict`` builds its own."""
     model_config = MODEL_CLASSES[unet.spec.family.name](unet.spec.unet_config)
     load_device = comfy.model_management.get_torch_device()
     offload_device = comfy.model_management.unet_offload_device()
     manual_cast = comfy.model_management.unet_manual_cast(dtype, load_device, model_config.supported_inference_dtypes)
-    model_config.set_inference_dtype(dtype, manual_cast)
+    if "device" in inspect.signature(model_config.set_inference_dtype).parameters:  # 0.33, not 0.3.64
+        model_config.set_inference_dtype(dtype, manual_cast, device=load_device)
+    else:
+        model_config.set_inference_dtype(dtype, manual_cast)
     if fp8_fast:
         model_config.optimizations["fp8"] = True
     # BaseModel is what model_config.get_model() builds; calling it directly lets the
     # prediction type come from the scheduler config instead of a weight heuristic.
     model = comfy.model_base.BaseModel(model_config, model_type=MODEL_TYPES[prediction], device=offload_device)
-    # The tensors become the parameters (assign): weights mapped from the file in the right
+    patcher = patcher_class(disable_dynamic)(model, load_device=load_device, offload_device=offload_device)
+    # The tensors become the parameters (assign), as the DynamicVRAM patcher requires; the
+    # classic patcher gets them assigned too, so weights mapped from the file in the right
     # dtype are never copied. strict: bksdm has checked every name and shape already.
     state = {k: v if v.dtype == dtype else v.to(dtype) for k, v in unet.state_dict.items()}
     model.diffusion_model.load_state_dict(model_config.process_unet_state_dict(state), strict=True, assign=True)
     model.diffusion_model.to(offload_device)
     if comfy.model_management.force_channels_last():  # as BaseModel would have laid out its own tensors
         model.diffusion_model.to(memory_format=torch.channels_last)
-    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+    return patcher
+
+
+def set_reload(patcher, factory, *args) -> None:
+    """Tell ComfyUI how to build this MODEL again from its files (``cached_patcher_init``, 0.33 and
+    later): what a non-dynamic clone (TorchCompileModel) and a multi-GPU copy start from.
+    ``factory(*args, disable_dynamic=...)`` must return a fresh patcher."""
+    if hasattr(patcher, "cached_patcher_init"):
+        patcher.cached_patcher_init = (factory, args)
 
 
 def spec_of(model) -> UNetSpec:

@@ -21,6 +21,7 @@ from .build import (
     build_vae,
     map_weight_files,
     prefers_half_files,
+    set_reload,
     text_encoder_dtype,
     unet_dtype,
 )
@@ -49,7 +50,7 @@ def _check_folder_inputs(model_name, weight_dtype, prediction) -> bool | str:
                    choice("prediction", prediction, PREDICTIONS))
 
 
-def load_folder_unet(folder: pipeline.ModelFolder, weight_dtype: str, prediction: str):
+def load_folder_unet(folder: pipeline.ModelFolder, weight_dtype: str, prediction: str, disable_dynamic: bool = False):
     """A folder's U-Net as MODEL; returns (MODEL, U-Net spec, whether fp16 files were preferred)."""
     spec = components.read_unet_spec(folder)
     # Without a config.json the layout (so ComfyUI's default dtype) is known only after reading the weights.
@@ -58,10 +59,17 @@ def load_folder_unet(folder: pipeline.ModelFolder, weight_dtype: str, prediction
     unet = components.load_unet(folder, prefer_half=half, dtype=dtype, mmap=map_weight_files())
     dtype = dtype or unet_dtype(weight_dtype, unet.spec)
     resolved = pipeline.prediction_type(folder) if prediction == "auto" else prediction
-    model = build_model(unet, dtype, resolved, fp8_fast=weight_dtype == "fp8_e4m3fn_fast")
+    model = build_model(unet, dtype, resolved, fp8_fast=weight_dtype == "fp8_e4m3fn_fast",
+                        disable_dynamic=disable_dynamic)
+    set_reload(model, reload_folder_unet, folder.path, weight_dtype, prediction)
     guard_control_residuals(model, unet.spec)
     _log_loaded(os.path.basename(folder.path), unet, dtype, resolved)
     return model, unet.spec, half
+
+
+def reload_folder_unet(path: str, weight_dtype: str, prediction: str, disable_dynamic: bool = False):
+    """The MODEL of a folder built afresh: ComfyUI's ``cached_patcher_init`` factory."""
+    return load_folder_unet(pipeline.open_model_folder(path), weight_dtype, prediction, disable_dynamic)[0]
 
 
 def load_folder(folder: pipeline.ModelFolder, weight_dtype: str, prediction: str, clip_options: dict | None = None,
@@ -98,6 +106,25 @@ def _folder_fingerprint(model_name: str) -> tuple:
     for root, _, names in os.walk(folder.path):
         files += [os.path.join(root, n) for n in sorted(names)]
     return (model_name, pipeline.fingerprint(files))
+
+
+def checkpoint_model(parts: components.CheckpointParts, path: str, weight_dtype: str, prediction: str,
+                     disable_dynamic: bool = False):
+    """The MODEL of a split single-file checkpoint."""
+    resolved = (parts.prediction or "epsilon") if prediction == "auto" else prediction
+    dtype = unet_dtype(weight_dtype, parts.unet.spec)
+    model = build_model(parts.unet, dtype, resolved, fp8_fast=weight_dtype == "fp8_e4m3fn_fast",
+                        disable_dynamic=disable_dynamic)
+    set_reload(model, reload_checkpoint_unet, path, weight_dtype, prediction)
+    guard_control_residuals(model, parts.unet.spec)
+    _log_loaded(os.path.basename(path), parts.unet, dtype, resolved)
+    return model
+
+
+def reload_checkpoint_unet(path: str, weight_dtype: str, prediction: str, disable_dynamic: bool = False):
+    """The MODEL of a checkpoint built afresh: ComfyUI's ``cached_patcher_init`` factory."""
+    parts = components.split_checkpoint(*load_state_dict(path, mmap=map_weight_files()), path)
+    return checkpoint_model(parts, path, weight_dtype, prediction, disable_dynamic)
 
 
 class PipelineLoader(io.ComfyNode):
@@ -197,11 +224,7 @@ class CheckpointLoader(io.ComfyNode):
         path = folder_paths.get_full_path_or_raise("checkpoints", ckpt_name)
         progress = comfy.utils.ProgressBar(3)
         parts = components.split_checkpoint(*load_state_dict(path, mmap=map_weight_files()), path)
-        resolved = (parts.prediction or "epsilon") if prediction == "auto" else prediction
-        dtype = unet_dtype(weight_dtype, parts.unet.spec)
-        model = build_model(parts.unet, dtype, resolved, fp8_fast=weight_dtype == "fp8_e4m3fn_fast")
-        guard_control_residuals(model, parts.unet.spec)
-        _log_loaded(ckpt_name, parts.unet, dtype, resolved)
+        model = checkpoint_model(parts, path, weight_dtype, prediction)
         progress.update(1)
         clip = build_clip(parts.text_encoder, embedding_directories())
         progress.update(1)

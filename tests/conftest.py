@@ -1,9 +1,8 @@
-"""Find ComfyUI for the tests that need it, and say which one the suite used.
+"""The ComfyUI the suite runs on, and the fixtures that start it.
 
-- A real checkout (COMFYUI_PATH, the ComfyUI this pack is installed in, ../ComfyUI, or
-  ~/.cache/ComfyUI): every test runs.
-- Else ComfyUI's model code from the ``notcomfy`` package: the U-Net adapter parity
-  tests still run; tests that need the whole host skip and say why.
+The suite needs a real ComfyUI: ``COMFYUI_PATH``, the ComfyUI this pack is installed in,
+or the pinned release ``scripts/test.sh`` fetched (``BKSDM_COMFYUI_VERSION``). Without
+one the run stops before any test, saying how to get one; no test skips for want of it.
 """
 
 from __future__ import annotations
@@ -30,26 +29,23 @@ COMFY_ARGS = ["--cpu", "--fp32-text-enc", "--output-directory", OUTPUT_DIR]
 HOST_PATH = comfy_host.find_comfyui()
 if HOST_PATH is not None:
     comfy_host.configure(HOST_PATH, COMFY_ARGS)
-    COMFY_SOURCE = f"real checkout at {HOST_PATH}"
-elif importlib.util.find_spec("comfy") is not None:
-    comfy_host.configure(None, COMFY_ARGS)
-    COMFY_SOURCE = f"model code only, from {importlib.util.find_spec('comfy').origin} (notcomfy)"
-else:
-    COMFY_SOURCE = None
 
-NO_HOST = (f"needs a real ComfyUI checkout: set COMFYUI_PATH (searched {comfy_host.where_searched()})")
-NO_COMFY = "needs ComfyUI's model code: a ComfyUI checkout (COMFYUI_PATH) or `pip install --no-deps notcomfy`"
+
+def pytest_configure(config):
+    if HOST_PATH is None:
+        raise pytest.UsageError(f"no ComfyUI to test on (searched {comfy_host.where_searched()}): run the suite "
+                                "with scripts/test.sh, which fetches the pinned ComfyUI, or set COMFYUI_PATH to "
+                                "a ComfyUI checkout")
 
 
 def pytest_report_header(config):
-    return f"ComfyUI: {COMFY_SOURCE or 'none found; tests that need it skip'}"
+    version = comfy_host.comfyui_version(HOST_PATH) if HOST_PATH else None
+    return f"ComfyUI: {version or 'unknown version'} at {HOST_PATH}"
 
 
 @pytest.fixture(scope="session")
 def comfy():
-    """ComfyUI's model code (``comfy`` package), from a checkout or notcomfy."""
-    if COMFY_SOURCE is None:
-        pytest.skip(NO_COMFY)
+    """ComfyUI's ``comfy`` package, from the checkout the suite runs on."""
     import comfy.model_management
 
     return comfy
@@ -58,8 +54,6 @@ def comfy():
 @pytest.fixture(scope="session")
 def host():
     """A real ComfyUI, started in this process with its built-in nodes and this pack."""
-    if HOST_PATH is None:
-        pytest.skip(NO_HOST)
     return comfy_host.start(HOST_PATH, COMFY_ARGS)
 
 

@@ -383,8 +383,6 @@ def test_command_downloads_to_dest_and_fails_with_exit_code_1(hub, root, monkeyp
 
 def test_command_defaults_to_comfyuis_diffusers_folder_with_extra_model_paths(hub, tmp_path):
     real = comfy_host.find_comfyui()
-    if real is None:
-        pytest.skip(f"needs a ComfyUI checkout (searched {comfy_host.where_searched()})")
     comfy = tmp_path / "ComfyUI"  # a checkout of its own, so its models folder is the test's
     comfy.mkdir()
     for name in ("main.py", "nodes.py", "folder_paths.py"):  # copied: folder_paths finds models/ beside itself
@@ -411,8 +409,6 @@ def download_node(pack):
     """The node class, imported as ComfyUI imports the pack (``nodes`` inside the pack package)."""
     import importlib
 
-    if comfy_host.find_comfyui() is None:
-        pytest.skip(f"needs a real ComfyUI checkout (searched {comfy_host.where_searched()})")
     return importlib.import_module("bksdm_pack.nodes.download").DownloadNode
 
 

@@ -9,6 +9,9 @@ from the same starting noise. ComfyUI's euler/normal sigmas fall on the integer 
 
 import io
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +21,7 @@ from PIL import Image
 from cli import txt2img
 
 pytestmark = pytest.mark.host
+REPO = Path(__file__).resolve().parents[1]
 
 PROMPT = "a photo of a red fox sitting in fresh snow"
 NEGATIVE = "blurry, low quality"
@@ -67,3 +71,35 @@ def test_main_job_writes_a_png_atomically(random_pipeline, host, tmp_path):
     run_main_job(host, random_pipeline.path, output)
     assert Image.open(io.BytesIO(output.read_bytes())).format == "PNG"
     assert [p.name for p in output.parent.iterdir()] == ["fox.png"]  # no temporary file left behind
+
+
+def test_main_job_command_runs_comfyuis_own_startup(sd1_pipeline, host, tmp_path):
+    """The README's main command in a process of its own: ComfyUI's whole start-up (main.py's),
+    then the same image as the in-process run."""
+    in_process = run_main_job(host, sd1_pipeline.path, tmp_path / "in-process.png")
+    output = tmp_path / "command.png"
+    args = [sys.executable, "-m", "cli.txt2img", PROMPT, "--negative", NEGATIVE, "--model", str(sd1_pipeline.path),
+            "-o", str(output), "--seed", str(SEED), "--steps", str(STEPS), "--cfg", str(CFG), "--sampler", "euler",
+            "--scheduler", "normal", "--width", str(SIZE), "--height", str(SIZE), "--comfyui", str(host.path),
+            "--comfy-arg=--fp32-text-enc"]
+    run = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Total VRAM" in run.stderr + run.stdout  # ComfyUI's own start-up ran and logged
+    assert sum(line.endswith(f"wrote {output} ({output.stat().st_size} bytes)")  # logged once, not twice
+               for line in (run.stderr + run.stdout).splitlines()) == 1
+    assert np.array_equal(np.asarray(Image.open(output).convert("RGB")), in_process)
+
+
+def test_headless_host_builds_the_executor_this_release_takes(host):
+    """The one private constructor the in-process host needs: classic cache on both releases,
+    ``cache_size`` before the RAM-pressure cache (0.3.64), ``cache_args`` after it (0.33)."""
+    import inspect
+
+    import execution
+
+    assert host.executor.cache_type == execution.CacheType.CLASSIC
+    takes_cache_args = "cache_args" in inspect.signature(execution.PromptExecutor).parameters
+    assert takes_cache_args == (host.version != "0.3.64")
+    if takes_cache_args:
+        assert set(host.executor.cache_args) == {"lru", "ram", "ram_inactive"}
+

@@ -17,8 +17,8 @@ def _spec(name):
 
 @pytest.mark.parametrize("name", ALL_CONFIGS)
 def test_schema_is_exactly_diffusers_state_dict(name):
-    torch = pytest.importorskip("torch")
-    diffusers = pytest.importorskip("diffusers")
+    import diffusers
+    import torch
     with torch.device("meta"):
         model = diffusers.UNet2DConditionModel.from_config(unet_config(name))
     reference = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -48,7 +48,7 @@ def test_ldm_names_are_exactly_comfyuis_unet_and_its_detector_agrees(name, comfy
 
 
 def test_conversion_renames_without_copying():
-    torch = pytest.importorskip("torch")
+    import torch
     spec = _spec("v1_bk_tiny")
     state = {t.diffusers: torch.zeros(t.shape, device="meta") for t in unet_tensors(spec.unet_config)}
     converted = convert_diffusers_unet(state, spec.unet_config, "unet.safetensors", "BK-Tiny")
@@ -58,7 +58,7 @@ def test_conversion_renames_without_copying():
 
 @pytest.mark.parametrize("damage", ["missing", "unexpected", "misshapen"])
 def test_conversion_fails_loudly_on_any_mismatch(damage):
-    torch = pytest.importorskip("torch")
+    import torch
     spec = _spec("v1_bk_small")
     state = {t.diffusers: torch.empty(t.shape, device="meta") for t in unet_tensors(spec.unet_config)}
     if damage == "missing":

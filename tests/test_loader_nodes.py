@@ -43,10 +43,40 @@ def test_pipeline_loader_returns_stock_comfyui_objects(loaded, random_pipeline):
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
     model, clip, vae = loaded
-    assert type(model) is comfy.model_patcher.ModelPatcher
+    assert type(model) is getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
     assert type(model.model.diffusion_model) is UNetModel
     assert type(clip) is comfy.sd.CLIP and type(vae) is comfy.sd.VAE
     assert type(model.model.model_config).__name__ == {"sd1": "SD15", "sd2": "SD20"}[random_pipeline.family]
+
+
+def test_model_is_built_by_the_patcher_comfyui_names_now(random_pipeline, host, monkeypatch):
+    """main.py rebinds comfy.model_patcher.CoreModelPatcher (to the DynamicVRAM patcher on CUDA);
+    the loaders build whatever it names at load time, the MODEL can be built again from its
+    files (cached_patcher_init), and a KSampler graph samples with it."""
+    import comfy.model_patcher
+    from graphs import pipeline_loader, saved_image, txt2img
+
+    if not hasattr(comfy.model_patcher, "CoreModelPatcher"):  # 0.3.64: the plain patcher is all there is
+        model, = outputs(host, "BKSDMUNetLoader", model_name=random_pipeline.path.name, weight_dtype="fp32",
+                         prediction="auto")
+        assert type(model) is comfy.model_patcher.ModelPatcher and not hasattr(model, "cached_patcher_init")
+        return
+    rebound = type("RecordingPatcher", (comfy.model_patcher.ModelPatcher,), {})
+    monkeypatch.setattr(comfy.model_patcher, "CoreModelPatcher", rebound)
+    for node_id in ("BKSDMUNetLoader", "BKSDMPipelineLoader"):
+        model = outputs(host, node_id, model_name=random_pipeline.path.name, weight_dtype="fp32",
+                        prediction="auto")[0]
+        assert type(model) is rebound, node_id
+        factory, args = model.cached_patcher_init
+        again = factory(*args, disable_dynamic=True)
+        assert type(again) is comfy.model_patcher.ModelPatcher
+        a, b = again.model.diffusion_model.state_dict(), model.model.diffusion_model.state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    image = saved_image(host.run(txt2img(pipeline_loader(random_pipeline.path.name), prefix="rebound")))
+    assert image.std() > 0
+    import comfy.model_management
+
+    assert any(type(loaded.model) is rebound for loaded in comfy.model_management.current_loaded_models)
 
 
 def test_weight_dtype_picks_matching_files(random_pipeline, host):
@@ -92,6 +122,10 @@ def test_single_file_loader_gives_the_folder_model(which, checkpoints, loaded, h
                                prediction="auto")
     a, b = model.model.diffusion_model.state_dict(), loaded[0].model.diffusion_model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    if hasattr(model, "cached_patcher_init"):  # 0.33: ComfyUI can build the MODEL again from the file
+        factory, args = model.cached_patcher_init
+        c = factory(*args, disable_dynamic=True).model.diffusion_model.state_dict()
+        assert c.keys() == b.keys() and all(torch.equal(c[k], b[k]) for k in c)
     tokens = clip.tokenize("a lighthouse")
     assert torch.equal(clip.encode_from_tokens(tokens), loaded[1].encode_from_tokens(tokens))
     latent = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))

@@ -67,7 +67,7 @@ def test_vae_schema_is_exactly_diffusers_state_dict(vae):
     assert {k: tuple(v.shape) for k, v in vae.state_dict().items()} == vae_tensors("diffusers")
 
 
-@pytest.mark.host  # ComfyUI's VAE as of 0.3.64 (the pack's minimum); notcomfy's copy is older
+@pytest.mark.host
 @torch.no_grad()
 def test_vae_matches_diffusers(vae, host, pack):
     check_vae(vae.state_dict(), "vae")

@@ -1,7 +1,6 @@
 """The loaded MODEL computes what diffusers' UNet2DConditionModel computes, on the same weights.
 
-All nine real BK-SDM configs at full size, random weights, fp32 on the CPU. Runs with a
-ComfyUI checkout or, on a machine without one, with ComfyUI's model code from notcomfy.
+All nine real BK-SDM configs at full size, random weights, fp32 on the CPU.
 """
 
 import pytest
