@@ -11,10 +11,16 @@ Both run fp32 under ``torch.inference_mode``; calls alternate (ComfyUI, diffuser
 after a warm-up, and the medians are reported. The two outputs are compared first, so
 the timings are of the same computation.
 
-Each layout runs in its own process, once per ComfyUI attention setting: ComfyUI picks
-its attention at import time, and on the CPU its default is the sub-quadratic kernel,
-not PyTorch's SDPA that diffusers uses; ``--comfy-attention pytorch`` runs ComfyUI with
-``--use-pytorch-cross-attention`` as well, to separate the framework from that choice.
+The ComfyUI step gets the MODEL's own ``transformer_options``, as the sampler passes
+them, so it runs the attention the MODEL carries. Each layout runs in its own process, once
+per attention setting: ``pack`` is what the pack's loaders give on the CPU (PyTorch SDPA
+for this MODEL alone, ``nodes/attention.py``), ``comfyui`` the same MODEL without that
+choice (ComfyUI's CPU default, sub-quadratic), and ``pytorch`` / ``split`` / ``quad``
+ComfyUI started with that attention flag (the pack then keeps ComfyUI's choice).
+
+Memory: the peak RSS growth of one ComfyUI step over the RSS with the model loaded
+(``_common.measure_call``: the kernel's high-water mark, reset before the step), taken on
+the first call, before diffusers has run in the process.
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C
 
-ATTENTION_FLAGS = {"default": [], "pytorch": ["--use-pytorch-cross-attention"], "split": [
+DTYPES = {"fp32": "float32", "bf16": "bfloat16"}  # names of torch dtypes, resolved in the worker
+ATTENTION_FLAGS = {"pack": [], "comfyui": [], "pytorch": ["--use-pytorch-cross-attention"], "split": [
     "--use-split-cross-attention"], "quad": ["--use-quad-cross-attention"]}
 TIMESTEP = 500
 
@@ -56,7 +63,7 @@ def step_worker(spec: dict) -> dict:
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
     import comfy.ldm.modules.attention as comfy_attention
-    import comfy.model_management  # noqa: F401  (device setup, as ComfyUI starts)
+    import comfy.model_management
     from factories import random_unet, unet_config
 
     from bksdm.components import UNetWeights
@@ -71,9 +78,16 @@ def step_worker(spec: dict) -> dict:
     unet_spec = spec_from_diffusers_config(config, layout.config)
     state = convert_diffusers_unet(reference.state_dict(), unet_spec.unet_config, layout.config,
                                    unet_spec.describe())
-    patcher = build.build_model(UNetWeights(unet_spec, state, layout.config), torch.float32, "epsilon")
+    dtype = getattr(torch, DTYPES[spec["dtype"]])
+    patcher = build.build_model(UNetWeights(unet_spec, state, layout.config), dtype, "epsilon")
     del state
+    comfy.model_management.load_models_gpu([patcher])  # as the sampler does: the MODEL's own patches apply
     model = patcher.model
+    options = patcher.model_options["transformer_options"]
+    if spec["attention"] == "comfyui":  # the same MODEL without the pack's CPU attention choice
+        options.pop("optimized_attention_override", None)
+    attention = ("attention_pytorch (per model)" if "optimized_attention_override" in options
+                 else comfy_attention.optimized_attention.__name__)
     build_seconds = time.perf_counter() - start
 
     g = torch.Generator().manual_seed(1)
@@ -84,14 +98,18 @@ def step_worker(spec: dict) -> dict:
     timesteps = torch.full((spec["batch"],), TIMESTEP)
     scaled = x / (sigma.view(-1, 1, 1, 1) ** 2 + 1).sqrt()
 
-    def comfy_step():
-        return model.apply_model(x, sigma, c_crossattn=context)
+    def comfy_step():  # the sampler passes each call its own copy of the MODEL's transformer_options
+        return model.apply_model(x, sigma, c_crossattn=context, transformer_options=dict(options))
 
     def diffusers_step():
-        return reference(scaled, timesteps, encoder_hidden_states=context).sample
+        return reference(scaled.to(dtype), timesteps, encoder_hidden_states=context.to(dtype)).sample
 
     with torch.inference_mode():
-        denoised, expected = comfy_step(), diffusers_step()
+        first = C.measure_call(comfy_step)
+        denoised = first.value
+        # fp32: what a lower precision is measured against; then diffusers in the dtype under test
+        expected = reference(scaled, timesteps, encoder_hidden_states=context).sample
+        reference.to(dtype)
         eps = (x - denoised) / sigma.view(-1, 1, 1, 1)
         max_diff = (eps - expected).abs().max().item()
         scale = expected.abs().max().item()
@@ -109,7 +127,8 @@ def step_worker(spec: dict) -> dict:
         "comfy_s": C.median(times["comfy"]), "diffusers_s": C.median(times["diffusers"]),
         "comfy_all": times["comfy"], "diffusers_all": times["diffusers"],
         "max_abs_diff": max_diff, "output_scale": scale, "build_seconds": build_seconds,
-        "comfy_attention": comfy_attention.optimized_attention.__name__,
+        "comfy_attention": attention, "comfy_step_peak_rss": first.peak_increase,
+        "comfy_compute_dtype": str(model.manual_cast_dtype or model.get_dtype()).replace("torch.", ""),
         "diffusers_attention": ",".join(processors), "threads": torch.get_num_threads(),
         "params": sum(p.numel() for p in reference.parameters()),
     }
@@ -127,9 +146,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed calls of each first (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=10, help="timed calls of each; medians (default: %(default)s)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    p.add_argument("--comfy-attention", default="default,pytorch",
-                   help=f"ComfyUI attention settings to run, from {', '.join(ATTENTION_FLAGS)}: default = what "
-                        "ComfyUI picks on this machine (default: %(default)s)")
+    p.add_argument("--comfy-attention", default="pack,comfyui",
+                   help=f"attention settings to run, from {', '.join(ATTENTION_FLAGS)}: pack = the pack's choice, "
+                        "comfyui = ComfyUI's default on this machine (default: %(default)s)")
+    p.add_argument("--dtypes", default="fp32", help=f"weight dtypes, from {', '.join(DTYPES)}; bf16 is computed in "
+                   "bf16 where the CPU has it natively (nodes/cpu.py) and compared with the fp32 reference "
+                   "(default: %(default)s)")
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "bksdm-bench",
                    help="logs and JSON results (default: %(default)s)")
     p.add_argument("--comfyui", help=f"ComfyUI checkout (default: {C.DEFAULT_COMFYUI})")
@@ -144,54 +166,60 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     layouts = C.layout_list(args.layouts)
     attentions = C.csv_list(args.comfy_attention, list(ATTENTION_FLAGS))
+    dtypes = C.csv_list(args.dtypes, list(DTYPES))
     comfy = C.comfyui_path(args.comfyui)
     workdir = args.workdir.resolve()
     latent = args.size // 8
-    header = C.machine_header("BK-SDM U-Net step benchmark (CPU, fp32)", comfy, {
+    header = C.machine_header("BK-SDM U-Net step benchmark (CPU)", comfy, {
         "settings": f"{args.size}x{args.size} ({latent}x{latent} latent), U-Net batch {args.batch}, 77 tokens, "
                     f"t={TIMESTEP}; {args.warmup} warm-up + {args.repeats} timed calls each, alternating; medians; "
                     f"torch threads {args.threads or 'default'}"})
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    results: dict[tuple[str, str], dict] = {}
+    results: dict[tuple[str, str, str], dict] = {}
     script = Path(__file__).resolve()
-    for attention in attentions:
-        for lay in layouts:
-            log(f"{lay.name}, ComfyUI attention {attention}")
-            spec = {"action": "step", "layout": lay.name, "attention": attention, "comfyui": str(comfy),
-                    "size": args.size, "batch": args.batch, "warmup": args.warmup, "repeats": args.repeats,
-                    "threads": args.threads}
-            r = C.run_worker(script, spec, workdir / "logs" / f"unet_step-{stamp}-{lay.name}-{attention}.log",
-                             timeout=args.timeout)
-            log(f"  ComfyUI {r['comfy_s'] * 1e3:.0f} ms ({r['comfy_attention']}), diffusers "
-                f"{r['diffusers_s'] * 1e3:.0f} ms; outputs differ by {r['max_abs_diff']:.1e}")
-            results[(lay.name, attention)] = r
+    for dtype in dtypes:
+        for attention in attentions:
+            for lay in layouts:
+                log(f"{lay.name} {dtype}, ComfyUI attention {attention}")
+                spec = {"action": "step", "layout": lay.name, "attention": attention, "dtype": dtype,
+                        "comfyui": str(comfy), "size": args.size, "batch": args.batch, "warmup": args.warmup,
+                        "repeats": args.repeats, "threads": args.threads}
+                r = C.run_worker(script, spec,
+                                 workdir / "logs" / f"unet_step-{stamp}-{lay.name}-{dtype}-{attention}.log",
+                                 timeout=args.timeout)
+                log(f"  ComfyUI {r['comfy_s'] * 1e3:.0f} ms ({r['comfy_attention']}), diffusers "
+                    f"{r['diffusers_s'] * 1e3:.0f} ms; outputs differ by {r['max_abs_diff']:.1e}")
+                results[(lay.name, attention, dtype)] = r
     path = workdir / "results" / f"unet_step-{stamp}.json"
     C.save_json(path, {"header": header, "results": {" ".join(k): v for k, v in results.items()}})
-    C.write_stdout(header + "\n" + report(results, layouts, attentions) + f"\nraw results: {path}\n")
+    C.write_stdout(header + "\n" + report(results, layouts, attentions, dtypes) + f"\nraw results: {path}\n")
     return 0
 
 
-def report(results: dict, layouts, attentions) -> str:
+def report(results: dict, layouts, attentions, dtypes) -> str:
     rows = []
-    for attention in attentions:
-        for lay in layouts:
-            r = results.get((lay.name, attention))
-            if r is None:
-                continue
-            teacher = next((t for t in layouts if t.is_teacher and t.family == lay.family), None)
-            tr = results.get((teacher.name, attention)) if teacher and not lay.is_teacher else None
-            rows.append([lay.name, f"{attention} ({r['comfy_attention']})", r["params"] / 1e6, r["comfy_s"] * 1e3,
-                         r["diffusers_s"] * 1e3, C.ratio(r["comfy_s"], r["diffusers_s"]),
-                         C.ratio(tr and tr["comfy_s"], r["comfy_s"]),
-                         C.ratio(tr and tr["diffusers_s"], r["diffusers_s"]),
-                         f"{r['max_abs_diff']:.1e} / {r['output_scale']:.1f}"])
+    for dtype, attention, lay in ((d, a, lay) for d in dtypes for a in attentions for lay in layouts):
+        r = results.get((lay.name, attention, dtype))
+        if r is None:
+            continue
+        teacher = next((t for t in layouts if t.is_teacher and t.family == lay.family), None)
+        tr = results.get((teacher.name, attention, dtype)) if teacher and not lay.is_teacher else None
+        fp32 = results.get((lay.name, attention, "fp32")) if dtype != "fp32" else None
+        rows.append([lay.name, f"{dtype} (computed in {r['comfy_compute_dtype']})",
+                     f"{attention} ({r['comfy_attention']})", r["params"] / 1e6, r["comfy_s"] * 1e3,
+                     r["diffusers_s"] * 1e3, C.ratio(r["comfy_s"], r["diffusers_s"]),
+                     C.ratio(r["comfy_s"], fp32 and fp32["comfy_s"]), r["comfy_step_peak_rss"] / 2**20,
+                     C.ratio(tr and tr["comfy_s"], r["comfy_s"]),
+                     C.ratio(tr and tr["diffusers_s"], r["diffusers_s"]),
+                     f"{r['max_abs_diff']:.1e} / {r['output_scale']:.1f}"])
     return ("### U-Net step (medians)\n\n" + C.table(
-        ["layout", "ComfyUI attention", "U-Net M params", "ComfyUI ms", "diffusers ms", "ComfyUI/diffusers time",
+        ["layout", "weights", "ComfyUI attention", "U-Net M params", "ComfyUI ms", "diffusers ms",
+         "ComfyUI/diffusers time", "ComfyUI time / fp32's", "ComfyUI step peak RSS growth MB",
          "speed-up vs teacher (ComfyUI)", "speed-up vs teacher (diffusers)", "max abs diff / max abs out"], rows)
         + "\n- ComfyUI/diffusers time < 1: ComfyUI's step is faster. Speed-up vs teacher: the same-family teacher's "
           "step time over this layout's, within one framework and attention setting (needs the teacher in "
-          "--layouts).\n- max abs diff: largest difference between ComfyUI's noise prediction and diffusers' on the "
-          "same input (they compute the same function: float rounding only).\n")
+          "--layouts).\n- max abs diff: largest difference between ComfyUI's noise prediction and diffusers' fp32 one "
+          "on the same input (the same function: float rounding only, or the cost of a lower precision).\n")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from ..bksdm.components import UNetWeights
 from ..bksdm.errors import UnsupportedModelError
 from ..bksdm.unet_config import FAMILIES, UNetSpec
 from ..bksdm.unet_keys import parameter_count
+from .cpu import compute_in_bf16, prefer_sdpa
 
 MODEL_CLASSES = {"sd1": comfy.supported_models.SD15, "sd2": comfy.supported_models.SD20}
 MODEL_TYPES = {"epsilon": comfy.model_base.ModelType.EPS, "v_prediction": comfy.model_base.ModelType.V_PREDICTION}
@@ -107,6 +108,8 @@ def build_model(unet: UNetWeights, dtype: torch.dtype, prediction: str, fp8_fast
     model.diffusion_model.to(offload_device)
     if comfy.model_management.force_channels_last():  # as BaseModel would have laid out its own tensors
         model.diffusion_model.to(memory_format=torch.channels_last)
+    prefer_sdpa(patcher)
+    compute_in_bf16(patcher, dtype)
     return patcher
 
 

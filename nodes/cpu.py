@@ -1,0 +1,70 @@
+"""How a BK-SDM MODEL computes on the CPU: its attention kernel and, when asked for, bf16.
+
+Attention: PyTorch's scaled-dot-product attention. ComfyUI's CPU default is sub-quadratic
+attention, chosen to save memory; measured on a 2-core VM (ComfyUI 0.33, batch 2), it made
+a 512² U-Net step 1.55-1.97x diffusers' time, and a BK-Tiny step at 1024² took 8.9 GB of
+memory over the loaded model where SDPA took 1.2 GB. The pack sets SDPA on its own MODEL
+only, through ComfyUI's per-model attention override, and never where the user chose an
+attention on ComfyUI's command line or where the model runs on a GPU (ComfyUI's choice
+there is already the fast one).
+
+bf16: ComfyUI stores a MODEL in bf16 on the CPU when asked to, but computes every layer in
+fp32, casting the weights back each time (slower than fp32 itself). Where the CPU has
+native bf16 arithmetic (AVX512-BF16 or AMX), the pack sets the MODEL's compute dtype to
+bf16 (ComfyUI's per-model cast setting), so the choice buys the time it promises.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import comfy.cli_args
+import comfy.ldm.modules.attention
+import comfy.model_management
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def attention_flags_given() -> list[str]:
+    """ComfyUI's attention flags set on its command line (``--use-*-attention``, whatever this release has)."""
+    chosen = vars(comfy.cli_args.args)
+    return sorted(f"--{name.replace('_', '-')}" for name, value in chosen.items()
+                  if name.startswith("use_") and name.endswith("_attention") and value)
+
+
+def prefer_sdpa(patcher) -> bool:
+    """Give ``patcher``'s model PyTorch SDPA attention where the pack's rule says so; True if it did."""
+    if not comfy.model_management.is_device_cpu(patcher.load_device):
+        return False
+    given = attention_flags_given()
+    if given:
+        log.info("BK-SDM: attention as chosen on ComfyUI's command line (%s)", " ".join(given))
+        return False
+    sdpa = comfy.ldm.modules.attention.attention_pytorch
+    if hasattr(patcher, "set_model_optimized_attention"):  # 0.33
+        patcher.set_model_optimized_attention(sdpa)
+    else:  # 0.3.64 reads the same override, with the replaced function as first argument
+        patcher.model_options["transformer_options"]["optimized_attention_override"] = (
+            lambda _replaced, *args, **kwargs: sdpa(*args, **kwargs))
+    log.info("BK-SDM: attention on the CPU: PyTorch SDPA for this model (ComfyUI's CPU default is sub-quadratic; "
+             "an attention flag such as --use-quad-cross-attention keeps ComfyUI's choice)")
+    return True
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matrix arithmetic in hardware (torch's own CPU capability checks)."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def compute_in_bf16(patcher, stored_dtype: torch.dtype) -> bool:
+    """Compute a bf16-stored CPU MODEL in bf16 where the CPU does that natively; True if it does."""
+    if stored_dtype != torch.bfloat16 or not comfy.model_management.is_device_cpu(patcher.load_device):
+        return False
+    if not cpu_has_native_bf16():
+        log.info("BK-SDM: this CPU has no native bf16 (AVX512-BF16/AMX): ComfyUI computes the bf16 weights in fp32")
+        return False
+    patcher.set_model_compute_dtype(torch.bfloat16)
+    log.info("BK-SDM: computing in bf16 on this CPU (AVX512-BF16/AMX); fp32 is the exact choice")
+    return True

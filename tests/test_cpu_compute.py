@@ -1,0 +1,118 @@
+"""How the pack's MODEL computes on the CPU. Attention: PyTorch SDPA for its own MODEL, through
+ComfyUI's per-model override; an attention flag on ComfyUI's command line wins; GPUs and
+ComfyUI's global choice are left alone (parity with diffusers under this kernel:
+test_end_to_end). bf16: computed in bf16 where the CPU has it natively, not cast back."""
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.host
+
+
+@pytest.fixture
+def sdpa_calls(host, monkeypatch):
+    """Counts the U-Net's calls into PyTorch's scaled-dot-product attention (ComfyUI's one entry to it)."""
+    import comfy.ops
+
+    calls = []
+    real = comfy.ops.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(comfy.ops, "scaled_dot_product_attention", counting)
+    return calls
+
+
+def load(host, pipeline, weight_dtype="fp32"):
+    loader = host.nodes.NODE_CLASS_MAPPINGS["BKSDMPipelineLoader"]
+    return loader.execute(model_name=pipeline.path.name, weight_dtype=weight_dtype, prediction="auto").args[:2]
+
+
+def sample_once(model, clip, calls) -> int:
+    """One KSampler step (the KSampler node's own function); how many SDPA calls it made."""
+    import nodes
+
+    positive = nodes.CLIPTextEncode().encode(clip, "a house")[0]
+    negative = nodes.CLIPTextEncode().encode(clip, "")[0]
+    latent = nodes.EmptyLatentImage().generate(64, 64, 1)[0]
+    calls.clear()
+    with torch.inference_mode():
+        nodes.common_ksampler(model, 1, 1, 5.0, "euler", "normal", positive, negative, latent)
+    return len(calls)
+
+
+def test_cpu_model_samples_with_sdpa_and_says_so(host, sd1_pipeline, sdpa_calls, caplog):
+    import comfy.ldm.modules.attention as attention
+
+    with caplog.at_level("INFO"):
+        model, clip = load(host, sd1_pipeline)
+    calls = sample_once(model, clip, sdpa_calls)
+    assert "optimized_attention_override" in model.model_options["transformer_options"]
+    assert calls > 0
+    assert caplog.text.count("attention on the CPU: PyTorch SDPA for this model") == 1
+    assert attention.optimized_attention is not attention.attention_pytorch  # ComfyUI's own choice stands
+
+
+@pytest.mark.parametrize("flag", ["use_quad_cross_attention", "use_split_cross_attention",
+                                  "use_pytorch_cross_attention"])
+def test_an_attention_flag_on_comfyuis_command_line_wins(host, sd1_pipeline, sdpa_calls, monkeypatch, caplog, flag):
+    import comfy.cli_args
+
+    monkeypatch.setattr(comfy.cli_args.args, flag, True)
+    with caplog.at_level("INFO"):
+        model, clip = load(host, sd1_pipeline)
+    calls = sample_once(model, clip, sdpa_calls)
+    assert "optimized_attention_override" not in model.model_options["transformer_options"]
+    assert f"--{flag.replace('_', '-')}" in caplog.text
+    assert calls == 0  # the flag was set after start-up: ComfyUI's kernel here is still its CPU default
+
+
+def test_every_attention_flag_of_this_release_counts_as_a_choice(host, monkeypatch):
+    import comfy.cli_args
+
+    attention_flags = [a for a in vars(comfy.cli_args.args) if a.startswith("use_") and a.endswith("_attention")]
+    assert {"use_quad_cross_attention", "use_split_cross_attention", "use_pytorch_cross_attention"} <= set(
+        attention_flags)
+    pack_attention = host.pack_module("nodes.cpu")
+    for name in attention_flags:
+        monkeypatch.setattr(comfy.cli_args.args, name, True)
+        assert pack_attention.attention_flags_given() == [f"--{name.replace('_', '-')}"]
+        monkeypatch.setattr(comfy.cli_args.args, name, False)
+
+
+def test_gpu_models_keep_comfyuis_choice(host, monkeypatch):
+    """A MODEL whose load device is a GPU gets no override (its device is only read, never used here)."""
+    import comfy.model_patcher
+
+    pack_attention = host.pack_module("nodes.cpu")
+    patcher = comfy.model_patcher.ModelPatcher(torch.nn.Linear(1, 1), load_device=torch.device("cuda", 0),
+                                               offload_device=torch.device("cpu"))
+    assert pack_attention.prefer_sdpa(patcher) is False
+    assert "optimized_attention_override" not in patcher.model_options["transformer_options"]
+
+
+def test_bf16_choice_computes_in_bf16_where_the_cpu_has_it(host, sd1_pipeline, sdpa_calls):
+    """The layers' inputs during a sampling step: bf16 on a CPU with AVX512-BF16/AMX, else ComfyUI's
+    fp32 computation of the bf16 weights."""
+    model, clip = load(host, sd1_pipeline, weight_dtype="bf16")
+    unet = model.model.diffusion_model
+    assert unet.input_blocks[0][0].weight.dtype == torch.bfloat16
+    seen = {}
+
+    def recorder(name):
+        def record(_module, inputs):
+            seen.setdefault(name, inputs[0].dtype)  # returns None: the inputs go on unchanged
+        return record
+
+    linear = next(m for m in unet.modules() if isinstance(m, torch.nn.Linear))
+    hooks = [layer.register_forward_pre_hook(recorder(name))
+             for name, layer in (("conv", unet.input_blocks[0][0]), ("linear", linear))]
+    try:
+        sample_once(model, clip, sdpa_calls)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    native = host.pack_module("nodes.cpu").cpu_has_native_bf16()
+    assert seen == dict.fromkeys(("conv", "linear"), torch.bfloat16 if native else torch.float32)
