@@ -98,6 +98,15 @@ def comfyui_path(given: str | None) -> Path:
         raise SystemExit(str(e)) from None
 
 
+def model_attention(patcher) -> str:
+    """The attention kernel a MODEL runs: its own override (the pack's CPU choice), else ComfyUI's global one."""
+    import comfy.ldm.modules.attention
+
+    if "optimized_attention_override" in patcher.model_options.get("transformer_options", {}):
+        return "attention_pytorch (per model)"
+    return comfy.ldm.modules.attention.optimized_attention.__name__
+
+
 def comfyui_version(path: Path) -> str:
     from cli.provision_comfyui import comfyui_version as declared_version
 

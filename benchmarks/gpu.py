@@ -192,8 +192,6 @@ class Bench:
                 compiler = self.host.nodes.NODE_CLASS_MAPPINGS["TorchCompileModel"]
                 model = compiler.execute(model=model, backend="inductor").args[0]
                 framework = "ComfyUI+compile"
-            import comfy.ldm.modules.attention as attention
-
             for batch in batches:
                 latent = nodes.EmptyLatentImage().generate(args.size, args.size, batch)[0]
 
@@ -202,7 +200,7 @@ class Bench:
                                                  latent)[0]["samples"]
 
                 row = {"model": layout.name, "dtype": dtype, "batch": batch, "framework": framework,
-                       "load_s": load_s, "attention": attention.optimized_attention.__name__,
+                       "load_s": load_s, "attention": C.model_attention(model),
                        "dynamic_vram": self.args.dynamic_vram, "patcher": type(model).__name__}
                 try:
                     row.update(self.measure(call, model.model.diffusion_model))
@@ -394,12 +392,12 @@ def measure(args, comfy: Path, folders: dict[str, Path]) -> dict:
 
 
 def worker(spec: dict) -> dict:
-    args = parse_args(spec["argv"])
+    args = parse_args([])
+    vars(args).update(spec["args"])
     return measure(args, Path(spec["comfyui"]), {name: Path(path) for name, path in spec["folders"].items()})
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     import torch
 
@@ -425,11 +423,10 @@ def main(argv=None) -> int:
         frameworks = args.frameworks if n == 0 else ",".join(f for f in C.csv_list(args.frameworks) if f != "diffusers")
         if not frameworks:
             continue
-        flags = [f"--comfy-arg={a}" for a in args.comfy_arg] + (["--comfy-arg=--disable-dynamic-vram"]
-                                                              if setting == "off" else [])
-        child = [a for a in argv if not a.startswith("--comfy-arg")] + [
-            *flags, "--dynamic-vram", setting, "--frameworks", frameworks, "--budget-s", f"{share:.0f}"]
-        spec = {"action": "measure", "argv": child, "comfyui": str(comfy),
+        child = {**vars(args), "workdir": str(workdir), "out": None, "dynamic_vram": setting,
+                 "frameworks": frameworks, "budget_s": share,
+                 "comfy_arg": [*args.comfy_arg, *(["--disable-dynamic-vram"] if setting == "off" else [])]}
+        spec = {"action": "measure", "args": child, "comfyui": str(comfy),
                 "folders": {name: str(path) for name, path in folders.items()}}
         log(f"DynamicVRAM {setting}: a ComfyUI process of its own (log: {workdir}/logs/gpu-{setting}.log)")
         result = C.run_worker(Path(__file__), spec, workdir / "logs" / f"gpu-{setting}.log", timeout=share + 300)

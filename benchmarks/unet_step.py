@@ -62,7 +62,6 @@ def step_worker(spec: dict) -> dict:
 
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
-    import comfy.ldm.modules.attention as comfy_attention
     import comfy.model_management
     from factories import random_unet, unet_config
 
@@ -86,8 +85,7 @@ def step_worker(spec: dict) -> dict:
     options = patcher.model_options["transformer_options"]
     if spec["attention"] == "comfyui":  # the same MODEL without the pack's CPU attention choice
         options.pop("optimized_attention_override", None)
-    attention = ("attention_pytorch (per model)" if "optimized_attention_override" in options
-                 else comfy_attention.optimized_attention.__name__)
+    attention = C.model_attention(patcher)
     build_seconds = time.perf_counter() - start
 
     g = torch.Generator().manual_seed(1)
