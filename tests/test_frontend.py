@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image, ImageChops
+from playwright import sync_api
 
 pytestmark = pytest.mark.host
 REPO = Path(__file__).resolve().parents[1]
@@ -29,8 +30,6 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first
 
 @pytest.fixture(scope="module")
 def page(comfy_server):
-    from playwright import sync_api
-
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "needs Chromium: scripts/env.sh installs it with apt-get when run as root"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -57,10 +56,15 @@ def test_every_node_is_in_the_node_library(page, comfy_server):
     page.locator("button:has-text('Nodes')").first.click()
     search = page.locator("input[placeholder*='Search']").first  # "Search Nodes..." (1.27), "Search..." (1.4x)
     search.fill("BK-SDM")
-    page.wait_for_timeout(1500)
+    shown = {}
+    for node in nodes.values():
+        entry = page.get_by_text(node["display_name"], exact=True).first
+        try:
+            entry.wait_for(state="visible", timeout=20_000)
+        except sync_api.TimeoutError:
+            pass
+        shown[node["display_name"]] = entry.is_visible()
     page.screenshot(path=str(ARTIFACTS / "frontend-node-library.png"))
-    shown = {node["display_name"]: page.get_by_text(node["display_name"], exact=True).first.is_visible()
-             for node in nodes.values()}
     search.fill("")
     page.locator("button:has-text('Nodes')").first.click()  # close the library again
     assert shown == dict.fromkeys(shown, True)
@@ -110,11 +114,17 @@ def test_templates_show_with_their_thumbnails(page, comfy_server):
     page.evaluate("() => window.app.extensionManager.command.execute('Comfy.BrowseTemplates')")
     dialog = page.locator(".p-dialog, [role=dialog]").last
     dialog.get_by_text(PACK_FOLDER, exact=True).first.click(timeout=30_000)
-    page.wait_for_timeout(2500)
+    # Each card's picture, by its template name, once loaded; the front end's placeholder is 224 px wide.
+    pictures = ("() => Object.fromEntries(Array.from(document.querySelectorAll('.p-dialog img, [role=dialog] img'))"
+                ".map(i => [i.alt, i.complete ? i.naturalWidth : 0]))")
+    names = [w.stem for w in WORKFLOWS]
+    try:
+        page.wait_for_function(f"names => {{ const shown = ({pictures})(); "
+                               f"return names.every(n => shown[n] === {THUMBNAIL}); }}", arg=names, timeout=30_000)
+    except sync_api.TimeoutError:
+        pass  # the assertion below says what was shown
     page.screenshot(path=str(ARTIFACTS / "frontend-templates.png"))
-    # Each card's picture, by its template name; the front end's placeholder is 224 px wide.
-    shown = page.evaluate("() => Object.fromEntries(Array.from(document.querySelectorAll("
-                          "'.p-dialog img, [role=dialog] img')).map(i => [i.alt, i.complete ? i.naturalWidth : 0]))")
+    shown = page.evaluate(pictures)
     page.keyboard.press("Escape")
     assert {w.stem: shown.get(w.stem) for w in WORKFLOWS} == {w.stem: THUMBNAIL for w in WORKFLOWS}, shown
 
