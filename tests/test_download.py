@@ -447,6 +447,7 @@ def test_main_job_downloads_a_missing_registry_model_then_loads_it(hub, tmp_path
     folder, then runs the workflow on it (the fake hub's tiny weights are refused by the loader,
     by name, which proves the workflow got as far as loading the downloaded folder)."""
     base = tmp_path / "comfy-base"
+    (base / "custom_nodes").mkdir(parents=True)  # what a base directory holds: ComfyUI's start-up lists it
     env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "COMFYUI_PATH": str(host.path),
            "PYTHONPATH": str(REPO)}
     run = subprocess.run([sys.executable, "-m", "cli.txt2img", "a fox", "--model", NAME, "-o", str(tmp_path / "x.png"),
