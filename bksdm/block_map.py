@@ -39,7 +39,7 @@ def teacher_spec(student: UNetSpec) -> UNetSpec:
     return UNetSpec(family=student.family, unet_config=config)
 
 
-def _require_known_layout(student: UNetSpec, source) -> str:
+def require_known_layout(student: UNetSpec, source) -> str:
     layout = classify_layout(student)
     if layout not in STUDENT_LAYOUTS:
         raise UnsupportedModelError(source, f"a U-Net in one of the BK-SDM layouts ({', '.join(STUDENT_LAYOUTS)})",
@@ -77,7 +77,7 @@ class BlockMap:
 
 
 def block_map(student: UNetSpec, source=None) -> BlockMap:
-    layout = _require_known_layout(student, source)
+    layout = require_known_layout(student, source)
     return _block_map(layout, student.family.name, _freeze(student), _freeze(teacher_spec(student)))
 
 

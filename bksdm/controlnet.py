@@ -1,11 +1,16 @@
-"""Fit an SD ControlNet's skip residuals to a BK-SDM U-Net.
+"""Fit SD ControlNet and T2I-Adapter control to a BK-SDM U-Net.
 
-An SD 1.x/2.x ControlNet emits one residual per teacher skip connection (12) plus one
-for the middle block. A BK U-Net has 8 skips (Base, Small) or 6 (Tiny). ComfyUI hands
-residuals to skips by popping from the end, so unadapted it applies three of them, one
-to the wrong block, and warns about the rest. :class:`ControlRemap` picks, for each
-student skip, the teacher residual of the same meaning (see ``block_map.skip_alignment``)
+Both speak in teacher skips: an SD 1.x/2.x ControlNet emits one residual per skip
+connection of the full U-Net (12, added to the skips as the decoder takes them) plus one
+for the middle block; a T2I-Adapter emits one entry per input block (12, one per skip,
+its level features after each level's last res block, ``None`` elsewhere). A BK U-Net has
+8 skips (Base, Small) or 6 (Tiny). ComfyUI hands both lists out by popping from the end,
+so unfitted they land on the wrong blocks or nowhere. :class:`ControlRemap` picks, for
+each student skip, the teacher entry of the same meaning (see ``block_map.skip_alignment``)
 and keeps the middle residual only where the student still has that resolution.
+
+T2I-Adapter features always follow the stage outputs: each is defined as "the output of
+level L", and under the initialisation alignment no student skip would take one.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from dataclasses import dataclass
 from .block_map import keeps_middle_residual, skip_alignment, teacher_spec
 from .errors import UnsupportedModelError
 from .unet_config import UNetSpec
+from .variants import classify_layout
 
 DEFAULT_ALIGNMENT = "stage_output"
 
@@ -29,37 +35,50 @@ class ControlRemap:
     layout_name: str
     teacher_skips: int
     student_skips: int
-    indices: tuple[int, ...]  # teacher residual feeding each student skip
+    residual_indices: tuple[int, ...] | None  # teacher ControlNet residual per student skip; None: no map
+    feature_indices: tuple[int, ...] | None  # teacher T2I entry per student input block
     keep_middle: bool
 
     @classmethod
-    def for_spec(cls, spec: UNetSpec, alignment: str = DEFAULT_ALIGNMENT, layout_name: str = "") -> ControlRemap:
-        return cls(layout_name, skip_count(teacher_spec(spec)), skip_count(spec),
-                   tuple(skip_alignment(spec, alignment)), keeps_middle_residual(spec))
+    def for_spec(cls, spec: UNetSpec, alignment: str = DEFAULT_ALIGNMENT) -> ControlRemap:
+        layout = classify_layout(spec)
+        teacher_skips, student_skips = skip_count(teacher_spec(spec)), skip_count(spec)
+        if layout == "custom":
+            return cls(layout, teacher_skips, student_skips, None, None, False)
+        return cls(layout, teacher_skips, student_skips, tuple(skip_alignment(spec, alignment)),
+                   tuple(skip_alignment(spec, DEFAULT_ALIGNMENT)), keeps_middle_residual(spec))
 
     def is_teacher_control(self, control: dict) -> bool:
-        """Residuals made for the full SD U-Net, which this student cannot take as they are."""
-        residuals = control.get("output") or []
-        return self.teacher_skips != self.student_skips and len(residuals) == self.teacher_skips
+        """Control made for the full SD U-Net, which this student cannot take as it is."""
+        return self.teacher_skips != self.student_skips and any(
+            len(control.get(kind) or []) == self.teacher_skips for kind in ("output", "input"))
 
     def fit(self, control: dict) -> dict:
-        """The control dict with teacher residuals moved onto the student's skips.
+        """The control dict with teacher entries moved onto the student's skips.
 
-        Residuals already sized for the student (a ControlNet trained on BK-SDM) and
-        anything else pass through unchanged.
+        Control already sized for the student (trained on BK-SDM) and anything else pass
+        through unchanged; teacher control on a layout without a map is refused.
         """
         if not self.is_teacher_control(control):
             return control
+        if self.residual_indices is None:
+            raise self.refusal()
         fitted = dict(control)
-        residuals = control["output"]
-        fitted["output"] = [residuals[i] for i in self.indices]
-        if not self.keep_middle:
-            fitted["middle"] = []
+        if len(control.get("output") or []) == self.teacher_skips:
+            residuals = control["output"]  # indexed by skip; the decoder pops from the end
+            fitted["output"] = [residuals[i] for i in self.residual_indices]
+            if not self.keep_middle:
+                fitted["middle"] = []
+        if len(control.get("input") or []) == self.teacher_skips:
+            features = control["input"][::-1]  # stored last block first: the encoder pops from the end
+            fitted["input"] = [features[i] for i in self.feature_indices][::-1]
         return fitted
 
     def refusal(self) -> UnsupportedModelError:
         return UnsupportedModelError(
-            None, f"a ControlNet for this {self.layout_name} U-Net ({self.student_skips} skip connections)",
-            f"a ControlNet made for the full SD U-Net ({self.teacher_skips} skip residuals); applied as it is, "
-            "most residuals would land on the wrong blocks or nowhere",
-            "put a 'BK-SDM ControlNet Adapter' node on the MODEL before the sampler")
+            None, f"a ControlNet or T2I-Adapter for this {self.layout_name} U-Net ({self.student_skips} skip "
+            "connections)",
+            f"one made for the full SD U-Net ({self.teacher_skips} skips); applied as it is, most of its control "
+            "would land on the wrong blocks or nowhere",
+            "SD control can be mapped onto the published BK-SDM layouts (Base, Small, Tiny) only: use a "
+            "ControlNet trained for this U-Net")

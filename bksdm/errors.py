@@ -61,6 +61,12 @@ class WeightsMismatchError(BKSDMError):
     title = "weights do not match the model layout"
 
 
+class PatchMisfitError(BKSDMError):
+    """A model patch (another node's) whose weights do not fit the block it would run at."""
+
+    title = "a model patch does not fit this U-Net"
+
+
 class DownloadError(BKSDMError):
     title = "download failed"
 

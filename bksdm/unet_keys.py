@@ -17,6 +17,8 @@ from functools import lru_cache
 from .errors import WeightsMismatchError, summarize
 from .unet_config import NO_MIDDLE
 
+MIDDLE = ("middle", 0)  # ComfyUI's address of the middle block, also where a removed one stood
+
 # ResBlock parameters: (LDM name, diffusers name); shapes depend on in/out channels.
 RESNET_NAMES = (
     ("in_layers.0", "norm1"),
@@ -42,6 +44,7 @@ class Block:
     diffusers: str
     ldm: str
     kind: str  # "resnet" | "attention" | "downsampler" | "upsampler" | "stem"
+    address: tuple[str, int] | None = None  # ComfyUI's transformer_options["block"] while it runs
 
 
 def _resnet(d: str, ldm: str, cin: int, cout: int, emb: int) -> Iterator[UNetTensor]:
@@ -97,34 +100,35 @@ def unet_blocks(unet_config: dict) -> Iterator[tuple[Block, list[UNetTensor]]]:
             UNetTensor("time_embedding.linear_2.weight", "time_embed.2.weight", (emb, emb)),
             UNetTensor("time_embedding.linear_2.bias", "time_embed.2.bias", (emb,))]
     yield Block("time_embedding", "time_embed", "stem"), stem
-    yield Block("conv_in", "input_blocks.0.0", "stem"), list(_conv("conv_in", "input_blocks.0.0", c["in_channels"], mc))
+    yield Block("conv_in", "input_blocks.0.0", "stem", ("input", 0)), \
+        list(_conv("conv_in", "input_blocks.0.0", c["in_channels"], mc))
 
     ch, skips, n = mc, [mc], 1
     for level, mult in enumerate(c["channel_mult"]):
         for i in range(c["num_res_blocks"][level]):
             d, ldm, cout = f"down_blocks.{level}.resnets.{i}", f"input_blocks.{n}.0", mult * mc
-            yield Block(d, ldm, "resnet"), list(_resnet(d, ldm, ch, cout, emb))
+            yield Block(d, ldm, "resnet", ("input", n)), list(_resnet(d, ldm, ch, cout, emb))
             ch = cout
             depth = depth_in.pop(0)
             if depth:
                 d, ldm = f"down_blocks.{level}.attentions.{i}", f"input_blocks.{n}.1"
-                yield Block(d, ldm, "attention"), list(_attention(d, ldm, ch, depth, ctx, linear))
+                yield Block(d, ldm, "attention", ("input", n)), list(_attention(d, ldm, ch, depth, ctx, linear))
             skips.append(ch)
             n += 1
         if level != levels - 1:
             d, ldm = f"down_blocks.{level}.downsamplers.0.conv", f"input_blocks.{n}.0.op"
-            yield Block(d, ldm, "downsampler"), list(_conv(d, ldm, ch, ch))
+            yield Block(d, ldm, "downsampler", ("input", n)), list(_conv(d, ldm, ch, ch))
             skips.append(ch)
             n += 1
 
     middle = c["transformer_depth_middle"]
     if middle != NO_MIDDLE:
-        yield Block("mid_block.resnets.0", "middle_block.0", "resnet"), \
+        yield Block("mid_block.resnets.0", "middle_block.0", "resnet", MIDDLE), \
             list(_resnet("mid_block.resnets.0", "middle_block.0", ch, ch, emb))
         if middle > 0:
-            yield Block("mid_block.attentions.0", "middle_block.1", "attention"), \
+            yield Block("mid_block.attentions.0", "middle_block.1", "attention", MIDDLE), \
                 list(_attention("mid_block.attentions.0", "middle_block.1", ch, middle, ctx, linear))
-        yield Block("mid_block.resnets.1", "middle_block.2", "resnet"), \
+        yield Block("mid_block.resnets.1", "middle_block.2", "resnet", MIDDLE), \
             list(_resnet("mid_block.resnets.1", "middle_block.2", ch, ch, emb))
 
     n = 0
@@ -132,16 +136,16 @@ def unet_blocks(unet_config: dict) -> Iterator[tuple[Block, list[UNetTensor]]]:
         up = levels - 1 - level
         for i in range(c["num_res_blocks"][level] + 1):
             d, ldm, cout = f"up_blocks.{up}.resnets.{i}", f"output_blocks.{n}.0", c["channel_mult"][level] * mc
-            yield Block(d, ldm, "resnet"), list(_resnet(d, ldm, ch + skips.pop(), cout, emb))
+            yield Block(d, ldm, "resnet", ("output", n)), list(_resnet(d, ldm, ch + skips.pop(), cout, emb))
             ch, slot = cout, 1
             depth = depth_out.pop()
             if depth:
                 d, ldm = f"up_blocks.{up}.attentions.{i}", f"output_blocks.{n}.1"
-                yield Block(d, ldm, "attention"), list(_attention(d, ldm, ch, depth, ctx, linear))
+                yield Block(d, ldm, "attention", ("output", n)), list(_attention(d, ldm, ch, depth, ctx, linear))
                 slot = 2
             if level and i == c["num_res_blocks"][level]:
                 d, ldm = f"up_blocks.{up}.upsamplers.0.conv", f"output_blocks.{n}.{slot}.conv"
-                yield Block(d, ldm, "upsampler"), list(_conv(d, ldm, ch, ch))
+                yield Block(d, ldm, "upsampler", ("output", n)), list(_conv(d, ldm, ch, ch))
             n += 1
 
     out = [UNetTensor("conv_norm_out.weight", "out.0.weight", (mc,)),

@@ -137,6 +137,11 @@ class Host:
         """A module of this pack as ComfyUI imported it (e.g. 'bksdm.errors'), for the pack's own types."""
         return importlib.import_module(f"{str(PACK_DIR).replace('.', '_x_')}.{name}")
 
+    def load_node_pack(self, path: Path) -> None:
+        """Load another custom node pack beside this one, as ComfyUI loads each folder of custom_nodes."""
+        if not asyncio.run(self.nodes.load_custom_node(str(path))):
+            raise HostError(f"ComfyUI could not load the node pack {path}; see the log above")
+
     def node_info(self, class_type: str) -> dict:
         """The node's input definition, as the server's /object_info reports it."""
         cls = self.nodes.NODE_CLASS_MAPPINGS.get(class_type)
@@ -175,7 +180,8 @@ def running_host() -> Host | None:
 
 def import_folder_paths(comfy_path: Path, comfy_args: Sequence[str] = ()):
     """ComfyUI's ``folder_paths`` with its model folders set up as main.py sets them up
-    (extra_model_paths.yaml beside ComfyUI, --extra-model-paths-config, --output-directory)."""
+    (extra_model_paths.yaml beside ComfyUI, --extra-model-paths-config, --output-directory,
+    --input-directory)."""
     configure(comfy_path, comfy_args)
     import folder_paths
     import utils.extra_config  # ComfyUI imports it before nodes; else 'utils' is not a package
@@ -189,6 +195,8 @@ def import_folder_paths(comfy_path: Path, comfy_args: Sequence[str] = ()):
                 utils.extra_config.load_extra_path_config(str(config))
         if args.output_directory:
             folder_paths.set_output_directory(os.path.abspath(args.output_directory))
+        if args.input_directory:
+            folder_paths.set_input_directory(os.path.abspath(args.input_directory))
         _PATHS_APPLIED = True
     return folder_paths
 

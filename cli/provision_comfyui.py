@@ -8,6 +8,12 @@ else a pinned ComfyUI release, fetched once from ``COMFYUI_SOURCE`` (a git URL, 
 commit) and unpacked under the user's cache, never inside this project.
 ``BKSDM_COMFYUI_VERSION`` picks the release (default: the newest supported).
 
+    python -m cli.provision_comfyui thirdparty   # fetches the node packs the tests mix with
+
+The tests also run pinned third-party node packs beside this one (``THIRDPARTY``),
+fetched the same way into the same cache: from ``BKSDM_THIRDPARTY_SOURCE`` (a folder of
+``<pack>-<commit8>.tar.gz`` archives) or else from each pack's public repository.
+
 Standard library only: ``scripts/env.sh`` runs it before any environment exists.
 """
 
@@ -32,6 +38,11 @@ SUPPORTED = {
     "0.33.0": "783545f689a0af730065994b46b382ae24844c99",
 }
 NEWEST = list(SUPPORTED)[-1]
+# Node packs the tests load beside this one, as a user's custom_nodes would hold them.
+THIRDPARTY = {
+    "ComfyUI_IPAdapter_plus": ("https://github.com/cubiq/ComfyUI_IPAdapter_plus",
+                               "9d076a3df0d2763cef5510ec5ab807f6632c39f5"),
+}
 
 
 class ProvisionError(RuntimeError):
@@ -76,7 +87,16 @@ def given_or_installed() -> Path | None:
     return installed if PACK_DIR.parent.name == "custom_nodes" and is_comfyui(installed) else None
 
 
-def _unpack_archive(archive: Path, into: Path) -> Path:
+def is_node_pack(path: Path) -> bool:
+    return (path / "__init__.py").is_file()
+
+
+def thirdparty_path(name: str) -> Path:
+    return cache_root() / "thirdparty" / f"{name}-{THIRDPARTY[name][1][:8]}"
+
+
+def _unpack_archive(archive: Path, into: Path, check=is_comfyui, what: str = "ComfyUI",
+                    fix: str = "point COMFYUI_SOURCE at a ComfyUI .tar.gz or git URL") -> Path:
     try:
         with tarfile.open(archive) as tar:
             if hasattr(tarfile, "data_filter"):
@@ -84,18 +104,19 @@ def _unpack_archive(archive: Path, into: Path) -> Path:
             else:
                 tar.extractall(into)  # Pythons before 3.10.12 lack the filter
     except tarfile.TarError as e:
-        raise ProvisionError(f"{archive} is not a readable ComfyUI source archive ({str(e).splitlines()[0]}); "
-                             "point COMFYUI_SOURCE at a ComfyUI .tar.gz or git URL") from None
+        raise ProvisionError(f"{archive} is not a readable {what} source archive ({str(e).splitlines()[0]}); "
+                             + fix) from None
     tops = [p for p in into.iterdir() if p.is_dir()]
-    if len(tops) != 1 or not is_comfyui(tops[0]):
-        raise ProvisionError(f"{archive} is not a ComfyUI source archive: expected one top folder holding main.py, "
-                             f"nodes.py and comfy/, found {sorted(p.name for p in into.iterdir())}; "
-                             "point COMFYUI_SOURCE at a ComfyUI .tar.gz or git URL")
+    if len(tops) != 1 or not check(tops[0]):
+        raise ProvisionError(f"{archive} is not a {what} source archive: expected one top folder holding its "
+                             f"source, found {sorted(p.name for p in into.iterdir())}; "
+                             + fix)
     return tops[0]
 
 
-def _clone(url: str, commit: str, into: Path) -> Path:
-    checkout = into / "ComfyUI"
+def _clone(url: str, commit: str, into: Path, what: str = "ComfyUI",
+           fix: str = "set COMFYUI_SOURCE to a ComfyUI .tar.gz, or COMFYUI_PATH to a ComfyUI checkout") -> Path:
+    checkout = into / what
     steps = [["git", "init", "--quiet", str(checkout)],
              ["git", "-C", str(checkout), "fetch", "--quiet", "--depth", "1", url, commit],
              ["git", "-C", str(checkout), "checkout", "--quiet", "FETCH_HEAD"]]
@@ -103,12 +124,10 @@ def _clone(url: str, commit: str, into: Path) -> Path:
         try:
             subprocess.run(step, check=True, capture_output=True, text=True)
         except FileNotFoundError:
-            raise ProvisionError("fetching ComfyUI needs git: install git, or set COMFYUI_SOURCE to a ComfyUI "
-                                 ".tar.gz, or COMFYUI_PATH to a ComfyUI checkout") from None
+            raise ProvisionError(f"fetching {what} needs git: install git, or {fix}") from None
         except subprocess.CalledProcessError as e:
-            raise ProvisionError(f"could not fetch ComfyUI {commit[:8]} from {url}: {e.stderr.strip()}; check the "
-                                 "network, or set COMFYUI_SOURCE to a ComfyUI .tar.gz, or COMFYUI_PATH to a "
-                                 "ComfyUI checkout") from None
+            raise ProvisionError(f"could not fetch {what} {commit[:8]} from {url}: {e.stderr.strip()}; check the "
+                                 f"network, or {fix}") from None
     return checkout
 
 
@@ -141,6 +160,33 @@ def provision(version: str, source: str) -> Path:
     return target
 
 
+def provision_thirdparty(name: str, archives: str | None) -> Path:
+    """Unpack (or clone) a pinned third-party node pack into the cache, once, atomically."""
+    url, commit = THIRDPARTY[name]
+    target = thirdparty_path(name)
+    if is_node_pack(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    archive = Path(archives).expanduser() / f"{name}-{commit[:8]}.tar.gz" if archives else None
+    log.info("fetching %s %s from %s into %s", name, commit[:8], archive or url, target)
+    with tempfile.TemporaryDirectory(prefix=".staging-", dir=target.parent) as staging:
+        if archive is not None:
+            if not archive.is_file():
+                raise ProvisionError(f"BKSDM_THIRDPARTY_SOURCE={archives} has no {archive.name}; expected the "
+                                     f"source archive of {url} at {commit[:8]} there, or unset it to clone {url}")
+            checkout = _unpack_archive(archive, Path(staging), is_node_pack, name,
+                                       f"replace it with the source archive of {url} at {commit[:8]}")
+        else:
+            checkout = _clone(url, commit, Path(staging), name, "set BKSDM_THIRDPARTY_SOURCE to a folder holding "
+                              f"{name}-{commit[:8]}.tar.gz, the source archive of {url} at that commit")
+        try:
+            checkout.rename(target)
+        except OSError:
+            if not is_node_pack(target):
+                raise
+    return target
+
+
 def find_or_provision() -> Path:
     given = given_or_installed()
     if given is not None:
@@ -152,16 +198,22 @@ def find_or_provision() -> Path:
     return provision(version, os.environ.get("COMFYUI_SOURCE") or UPSTREAM)
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if argv not in ([], ["thirdparty"]):
+        log.error("usage: python -m cli.provision_comfyui [thirdparty]")
+        return 2
     try:
-        path = find_or_provision()
+        if argv == ["thirdparty"]:
+            paths = [provision_thirdparty(name, os.environ.get("BKSDM_THIRDPARTY_SOURCE")) for name in THIRDPARTY]
+        else:
+            paths = [find_or_provision()]
     except (ProvisionError, OSError) as e:
-        log.error("BK-SDM: no ComfyUI to run on: %s", e)
+        log.error("BK-SDM: cannot set up the test host: %s", e)
         return 1
-    sys.stdout.write(f"{path}\n")
+    sys.stdout.write("".join(f"{path}\n" for path in paths))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

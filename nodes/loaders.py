@@ -25,7 +25,6 @@ from .build import (
     text_encoder_dtype,
     unet_dtype,
 )
-from .control_residuals import guard_control_residuals
 from .inputs import (
     PREDICTIONS,
     choice,
@@ -38,6 +37,7 @@ from .inputs import (
     prediction_input,
     verdict,
 )
+from .teacher_addressing import set_teacher_addressing
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def load_folder_unet(folder: pipeline.ModelFolder, weight_dtype: str, prediction
     model = build_model(unet, dtype, resolved, fp8_fast=weight_dtype == "fp8_e4m3fn_fast",
                         disable_dynamic=disable_dynamic)
     set_reload(model, reload_folder_unet, folder.path, weight_dtype, prediction)
-    guard_control_residuals(model, unet.spec)
+    set_teacher_addressing(model, unet.spec)
     _log_loaded(os.path.basename(folder.path), unet, dtype, resolved)
     return model, unet.spec, half
 
@@ -116,7 +116,7 @@ def checkpoint_model(parts: components.CheckpointParts, path: str, weight_dtype:
     model = build_model(parts.unet, dtype, resolved, fp8_fast=weight_dtype == "fp8_e4m3fn_fast",
                         disable_dynamic=disable_dynamic)
     set_reload(model, reload_checkpoint_unet, path, weight_dtype, prediction)
-    guard_control_residuals(model, parts.unet.spec)
+    set_teacher_addressing(model, parts.unet.spec)
     _log_loaded(os.path.basename(path), parts.unet, dtype, resolved)
     return model
 

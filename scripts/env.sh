@@ -6,6 +6,8 @@
 #   COMFYUI_SOURCE         where to fetch it from: a git URL (default: ComfyUI's public
 #                          repository) or a ComfyUI source .tar.gz
 #   BKSDM_VENV             the environment to use (default: .venv)
+#   BKSDM_THIRDPARTY_SOURCE  a folder of the pinned third-party node packs' .tar.gz files
+#                          (default: their public repositories); scripts/test.sh only
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"

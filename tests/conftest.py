@@ -17,14 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from cli import comfy_host
+from cli import comfy_host, provision_comfyui
 
 REPO = Path(__file__).resolve().parents[1]
 # CPU and an fp32 text encoder, as a parity test against the fp32 reference needs; images
-# go to a temporary folder, not the checkout's output/.
+# go to (and inputs come from) temporary folders, not the checkout's output/ and input/.
 OUTPUT_DIR = tempfile.mkdtemp(prefix="bksdm-tests-output-")
-atexit.register(shutil.rmtree, OUTPUT_DIR, ignore_errors=True)
-COMFY_ARGS = ["--cpu", "--fp32-text-enc", "--output-directory", OUTPUT_DIR]
+INPUT_DIR = tempfile.mkdtemp(prefix="bksdm-tests-input-")
+for folder in (OUTPUT_DIR, INPUT_DIR):
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+COMFY_ARGS = ["--cpu", "--fp32-text-enc", "--output-directory", OUTPUT_DIR, "--input-directory", INPUT_DIR]
 
 HOST_PATH = comfy_host.find_comfyui()
 if HOST_PATH is not None:
@@ -55,6 +57,23 @@ def comfy():
 def host():
     """A real ComfyUI, started in this process with its built-in nodes and this pack."""
     return comfy_host.start(HOST_PATH, COMFY_ARGS)
+
+
+@pytest.fixture(scope="session")
+def thirdparty(host):
+    """Loads a pinned third-party node pack (``provision_comfyui.THIRDPARTY``) beside this one, once."""
+    loaded = set()
+
+    def load(name: str) -> Path:
+        path = provision_comfyui.thirdparty_path(name)
+        if not provision_comfyui.is_node_pack(path):
+            pytest.fail(f"{name} is not set up at {path}: run the suite with scripts/test.sh, which fetches it")
+        if name not in loaded:
+            host.load_node_pack(path)
+            loaded.add(name)
+        return path
+
+    return load
 
 
 @pytest.fixture(scope="session")
@@ -134,7 +153,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def comfy_server(host, diffusers_root, tmp_path_factory):
-    """A real ComfyUI server (main.py) on loopback, with this pack and the test model folders."""
+    """A real ComfyUI server (main.py) on loopback, with this pack, the third-party packs the
+    examples use and the test model folders."""
     import subprocess
     import time
     import urllib.request
@@ -142,6 +162,8 @@ def comfy_server(host, diffusers_root, tmp_path_factory):
     base = tmp_path_factory.mktemp("comfy-base")
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / "ComfyUI-BK-SDM").symlink_to(REPO, target_is_directory=True)
+    for name in provision_comfyui.THIRDPARTY:
+        (base / "custom_nodes" / name).symlink_to(provision_comfyui.thirdparty_path(name), target_is_directory=True)
     (base / "models").mkdir()
     (base / "models" / "diffusers").symlink_to(diffusers_root, target_is_directory=True)
     port = _free_port()

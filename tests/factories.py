@@ -219,6 +219,32 @@ def random_controlnet(family: str, seed: int = 3):
     return randomize_(model.to_empty(device="cpu"), seed)
 
 
+def random_t2i_adapter(seed: int = 4):
+    """An SD-1.x/2.x-shaped T2I-Adapter (diffusers' full adapter, as TencentARC publishes them), random."""
+    from diffusers import T2IAdapter
+
+    adapter = T2IAdapter(in_channels=3, channels=[320, 640, 1280, 1280], num_res_blocks=2, downscale_factor=8,
+                         adapter_type="full_adapter")
+    return randomize_(adapter, seed)
+
+
+# SD-1.5's cross-attention widths in the order IP-Adapter numbers them (input 1, 2, 4, 5, 7, 8;
+# output 3-11; middle): ip_adapter.{1, 3, ..., 31}.
+IP_ADAPTER_SD15_WIDTHS = [320, 320, 640, 640, 1280, 1280, 1280, 1280, 1280, 640, 640, 640, 320, 320, 320, 1280]
+
+
+def random_ip_adapter_sd15(seed: int = 5) -> dict:
+    """Tensors shaped like h94's ip-adapter_sd15.safetensors (ViT-H image embeds, 4 tokens), random."""
+    g = torch.Generator().manual_seed(seed)
+    weights = {"image_proj.proj.weight": torch.randn(4 * 768, 1024, generator=g) * 0.02,
+               "image_proj.proj.bias": torch.zeros(4 * 768), "image_proj.norm.weight": torch.ones(768),
+               "image_proj.norm.bias": torch.zeros(768)}
+    for n, width in enumerate(IP_ADAPTER_SD15_WIDTHS):
+        for kind in ("to_k_ip", "to_v_ip"):
+            weights[f"ip_adapter.{2 * n + 1}.{kind}.weight"] = torch.randn(width, 768, generator=g) * 0.05
+    return weights
+
+
 def write_unet_folder(path: Path, unet_config_name: str, seed: int) -> torch.nn.Module:
     """A bare U-Net folder (config.json + weights), as the U-Net-only loader accepts it."""
     unet = random_unet(unet_config(unet_config_name), seed)

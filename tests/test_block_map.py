@@ -110,3 +110,23 @@ def test_custom_layouts_are_refused():
     config = dict(unet_config("v1_bk_small"), layers_per_block=3)
     with pytest.raises(UnsupportedModelError, match="custom layout"):
         block_map(spec_from_diffusers_config(config), "model")
+
+
+@pytest.mark.parametrize("name", STUDENTS)
+@pytest.mark.parametrize("alignment", ["initialization", "stage_output"])
+def test_t2i_features_go_to_the_last_res_block_of_their_level_under_either_alignment(name, alignment):
+    spec = _spec(name)
+    # ComfyUI's SD T2I-Adapter entries, one per teacher input block, the last block's first.
+    features = [None, None, "level0", None, None, "level1", None, None, "level2", None, None, "level3"]
+    fitted = ControlRemap.for_spec(spec, alignment).fit({"input": features[::-1]})["input"][::-1]
+    levels = len(spec.unet_config["channel_mult"])
+    # Student input blocks: conv_in, then per level one res block and (but for the last) a downsampler.
+    blocks = [x for level in range(levels) for x in (f"level{level}", None)][:2 * levels - 1]
+    assert fitted == [None, *blocks]
+
+
+def test_teacher_control_on_a_custom_layout_is_refused_by_name():
+    config = dict(unet_config("v1_bk_small"), layers_per_block=3)
+    remap = ControlRemap.for_spec(spec_from_diffusers_config(config))
+    with pytest.raises(UnsupportedModelError, match="published BK-SDM layouts"):
+        remap.fit({"output": list(range(12)), "middle": [0]})

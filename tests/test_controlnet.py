@@ -1,5 +1,5 @@
-"""SD ControlNets on BK-SDM: through the adapter, ComfyUI applies the ControlNet's residuals
-exactly as diffusers applies the documented selection; without it, the user is told why."""
+"""SD ControlNets and T2I-Adapters on BK-SDM through the stock nodes: ComfyUI applies the
+ControlNet's residuals exactly as diffusers applies the documented selection, alone or chained."""
 
 import logging
 
@@ -19,7 +19,8 @@ TOLERANCE = 1e-4
 
 
 CASES = [("v1_bk_base", "stage_output"), ("v1_bk_small", "stage_output"), ("v1_bk_small", "initialization"),
-         ("v1_bk_tiny", "stage_output"), ("v1_bk_tiny", "initialization"), ("v2-base-512_bk_tiny", "stage_output")]
+         ("v1_bk_tiny", "stage_output"), ("v1_bk_tiny", "initialization"), ("v2-base-512_bk_base", "stage_output"),
+         ("v2-base-512_bk_small", "initialization"), ("v2-base-512_bk_tiny", "stage_output")]
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +41,12 @@ def controlnets():
 def test_adapted_control_matches_diffusers_on_the_documented_residuals(name, alignment, controlnets, host, pack):
     spec = spec_from_diffusers_config(unet_config(name), name)
     teacher_controlnet = controlnets(spec.family.name)
-    from bksdm_pack.bksdm.controlnet import ControlRemap
-    from bksdm_pack.nodes.control_residuals import set_control_residuals
+    from bksdm_pack.nodes.teacher_addressing import set_teacher_addressing
 
     reference = random_unet(unet_config(name), seed=9)
     state = convert_diffusers_unet(reference.state_dict(), spec.unet_config, name, name)
     model = pack.nodes.build.build_model(UNetWeights(spec, state, name), torch.float32, "epsilon")
-    set_control_residuals(model, ControlRemap.for_spec(spec, alignment, name), fit=True, spec=spec)
+    set_teacher_addressing(model, spec, alignment)
 
     g = torch.Generator().manual_seed(4)
     x, context = torch.randn(1, 4, 16, 16, generator=g), torch.randn(1, 77, spec.family.context_dim, generator=g)
@@ -70,44 +70,96 @@ def test_adapted_control_matches_diffusers_on_the_documented_residuals(name, ali
     assert (eps - expected).abs().max().item() < TOLERANCE
 
 
-def _graph(model_name, controlnet_name=None, adapter=False):
-    """txt2img at 128 px, optionally through the adapter and with the stock Apply ControlNet node."""
-    patches = [("BKSDMControlNetAdapter", {"alignment": "stage_output"})] if adapter else []
-    prompt = graphs.txt2img(graphs.pipeline_loader(model_name), size=128, patches=patches, prefix="cn")
-    if controlnet_name:
-        prompt["hint"] = {"class_type": "EmptyImage", "inputs": {"width": 128, "height": 128, "batch_size": 1,
-                                                                 "color": 0xFFFFFF}}
-        prompt["cnload"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": controlnet_name}}
-        prompt["apply"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
-            "positive": ["pos", 0], "negative": ["neg", 0], "control_net": ["cnload", 0], "image": ["hint", 0],
-            "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}}
-        prompt["sample"]["inputs"]["positive"] = ["apply", 0]
-        prompt["sample"]["inputs"]["negative"] = ["apply", 1]
+def _graph(model_name, controls=(), alignment=None, size=128, patches=()):
+    """txt2img, with each (file, strength, start, end) control applied by the stock Apply ControlNet node,
+    chained in order; optionally through the alignment node."""
+    patches = [*patches, *([("BKSDMControlNetAdapter", {"alignment": alignment})] if alignment else [])]
+    prompt = graphs.txt2img(graphs.pipeline_loader(model_name), size=size, patches=patches, prefix="cn")
+    prompt["hint"] = {"class_type": "EmptyImage", "inputs": {"width": size, "height": size, "batch_size": 1,
+                                                             "color": 0xFFFFFF}}
+    positive, negative = ["pos", 0], ["neg", 0]
+    for i, (name, strength, start, end) in enumerate(controls):
+        prompt[f"load{i}"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": name}}
+        prompt[f"apply{i}"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
+            "positive": positive, "negative": negative, "control_net": [f"load{i}", 0], "image": ["hint", 0],
+            "strength": strength, "start_percent": start, "end_percent": end}}
+        positive, negative = [f"apply{i}", 0], [f"apply{i}", 1]
+    prompt["sample"]["inputs"]["positive"] = positive
+    prompt["sample"]["inputs"]["negative"] = negative
     return prompt
 
 
 @pytest.fixture(scope="module")
-def controlnet_file(random_pipeline, controlnets, tmp_path_factory, host):
-    """A random ControlNet of the pipeline's family, in a ComfyUI controlnet folder."""
+def control_files(random_pipeline, controlnets, tmp_path_factory, host):
+    """Two random ControlNets and a random T2I-Adapter of the pipeline's family, in a ComfyUI controlnet folder."""
     import folder_paths
+    from factories import random_t2i_adapter
     from safetensors.torch import save_file
 
     family = random_pipeline.family
     root = tmp_path_factory.mktemp("controlnet")
     folder_paths.add_model_folder_path("controlnet", str(root))
-    name = f"sd-{family}-random.safetensors"
-    save_file({k: v.contiguous() for k, v in controlnets(family).state_dict().items()}, str(root / name))
-    return name
+    models = {f"sd-{family}-controlnet-a.safetensors": controlnets(family),
+              f"sd-{family}-controlnet-b.safetensors": random_controlnet(family, seed=6),
+              f"sd-{family}-t2i-adapter.safetensors": random_t2i_adapter(seed=7)}
+    for name, module in models.items():
+        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(root / name))
+    return list(models)
 
 
-def test_stock_apply_controlnet_nodes_work_through_the_adapter(controlnet_file, random_pipeline, host, caplog):
+def test_stock_control_nodes_work_without_an_extra_node(control_files, random_pipeline, host, caplog):
+    model = random_pipeline.path.name
+    controlnet, _, t2i = control_files
+    plain = graphs.saved_image(host.run(_graph(model)))
+    with caplog.at_level(logging.WARNING):
+        images = {(name, alignment): graphs.saved_image(host.run(_graph(model, [(name, 1.0, 0.0, 1.0)], alignment)))
+                  for name in (controlnet, t2i) for alignment in (None, "stage_output", "initialization")}
+    assert "control could not be applied" not in caplog.text
+    for name in (controlnet, t2i):
+        assert np.abs(images[name, None] - plain).max() > 0  # the control does something...
+        assert np.array_equal(images[name, None], images[name, "stage_output"])  # ...the documented default
+    assert not np.array_equal(images[controlnet, None], images[controlnet, "initialization"])
+    # T2I-Adapter features follow the stage outputs under either alignment.
+    assert np.array_equal(images[t2i, None], images[t2i, "initialization"])
+
+
+def test_chained_controls_and_a_transferred_lora_all_apply(control_files, random_pipeline, host, caplog,
+                                                          tmp_path_factory):
+    import folder_paths
+    from safetensors.torch import save_file
+    from test_lora_transfer import synthetic_teacher_lora
+
+    from bksdm.block_map import teacher_spec
+    from bksdm.unet_config import spec_from_config_file
+
+    root = tmp_path_factory.mktemp("loras")
+    folder_paths.add_model_folder_path("loras", str(root))
+    lora = f"sd-{random_pipeline.family}-lora.safetensors"
+    teacher = teacher_spec(spec_from_config_file(random_pipeline.path / "unet" / "config.json"))
+    weights, _ = synthetic_teacher_lora(teacher, seed=8)
+    save_file({k: v for k, v in weights.items() if not k.startswith("lora_te")}, str(root / lora))
+    transfer = [("BKSDMLoraLoader", {"lora_name": lora, "strength_model": 1.0, "strength_clip": 1.0})]
+    model = random_pipeline.path.name
+    a, b, t2i = control_files
+    chain = [(a, 0.8, 0.0, 1.0), (b, 1.0, 0.2, 0.9), (t2i, 0.7, 0.0, 0.8)]
+    with caplog.at_level(logging.WARNING):
+        chained = graphs.saved_image(host.run(_graph(model, chain, patches=transfer)))
+        singles = [graphs.saved_image(host.run(_graph(model, [control], patches=transfer))) for control in chain]
+        without_lora = graphs.saved_image(host.run(_graph(model, chain)))
+    assert "control could not be applied" not in caplog.text and "lora key not loaded" not in caplog.text
+    for single in [*singles, without_lora]:
+        assert np.abs(chained - single).max() > 0
+
+
+def test_a_control_lora_is_refused_by_name(control_files, random_pipeline, host, tmp_path_factory):
+    import folder_paths
+    from safetensors.torch import save_file
+
     from cli.comfy_host import HostError
 
-    name, model = controlnet_file, random_pipeline.path.name
-    with pytest.raises(HostError, match="BK-SDM ControlNet Adapter"):
-        host.run(_graph(model, name, adapter=False))
-    with caplog.at_level(logging.WARNING):
-        controlled = graphs.saved_image(host.run(_graph(model, name, adapter=True)))
-    assert "control could not be applied" not in caplog.text
-    plain = graphs.saved_image(host.run(_graph(model, None, adapter=True)))
-    assert np.abs(controlled - plain).max() > 0
+    root = tmp_path_factory.mktemp("control-lora")
+    folder_paths.add_model_folder_path("controlnet", str(root))
+    # ComfyUI takes any file with this marker for a Control-LoRA and builds it only when sampling.
+    save_file({"lora_controlnet": torch.zeros(1)}, str(root / "control-lora-random.safetensors"))
+    with pytest.raises(HostError, match=r"(?s)Control-LoRA.*full SD ControlNet"):
+        host.run(_graph(random_pipeline.path.name, [("control-lora-random.safetensors", 1.0, 0.0, 1.0)]))

@@ -58,18 +58,6 @@ def test_model_patch_nodes_run_on_bk_sdm(node, random_pipeline, baseline, host):
         assert np.abs(image - baseline).max() > 0
 
 
-def test_attention_guidance_needs_the_middle_block_bk_small_and_tiny_removed(random_pipeline, baseline, host):
-    """SAG and PAG hook the middle block's self-attention (README: limitations)."""
-    from cli.comfy_host import HostError
-
-    loader = graphs.pipeline_loader(random_pipeline.path.name)
-    with pytest.raises(HostError, match="NoneType"):
-        host.run(graphs.txt2img(loader, size=SIZE, patches=[("SelfAttentionGuidance", {"scale": 0.5,
-                                                                                        "blur_sigma": 2.0})]))
-    pag = _run(host, graphs.txt2img(loader, size=SIZE, patches=[("PerturbedAttentionGuidance", {"scale": 3.0})]))
-    assert np.abs(pag - baseline).max() <= 1  # runs, but perturbs nothing
-
-
 def test_attention_guidance_works_on_bk_base_with_the_unet_only_loader(sd1_pipeline, diffusers_root, host):
     write_unet_folder(diffusers_root / "unet-sd1-base", "v1_bk_base", seed=300)
     # SAG blurs by the middle block's attention map, which needs a few pixels at that level.

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from cli.provision_comfyui import THIRDPARTY
 from cli.workflow import WorkflowError, to_api_prompt
 
 pytestmark = pytest.mark.host
@@ -13,7 +14,9 @@ WORKFLOWS = sorted((Path(__file__).resolve().parents[1] / "example_workflows").g
 
 
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=[w.stem for w in WORKFLOWS])
-def test_example_workflow_converts_to_a_complete_prompt(workflow, host):
+def test_example_workflow_converts_to_a_complete_prompt(workflow, host, thirdparty):
+    for name in THIRDPARTY:  # the IP-Adapter example uses cubiq's nodes, as its README says
+        thirdparty(name)
     prompt = to_api_prompt(json.loads(workflow.read_text()), host.node_info)
     assert any(node["class_type"].startswith("BKSDM") for node in prompt.values())
     for node_id, node in prompt.items():
@@ -24,6 +27,17 @@ def test_example_workflow_converts_to_a_complete_prompt(workflow, host):
         for value in node["inputs"].values():
             if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
                 assert value[0] in prompt, f"{node_id} links to a node that is not there"
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=[w.stem for w in WORKFLOWS])
+def test_every_link_is_listed_once_and_at_both_of_its_ends(workflow):
+    data = json.loads(workflow.read_text())
+    nodes = {node["id"]: node for node in data["nodes"]}
+    ids = [link[0] for link in data["links"]]
+    assert len(ids) == len(set(ids)) and max(ids) <= data["last_link_id"]
+    for link_id, source, slot, target, index, kind in data["links"]:
+        assert link_id in nodes[source]["outputs"][slot]["links"] and nodes[source]["outputs"][slot]["type"] == kind
+        assert nodes[target]["inputs"][index]["link"] == link_id
 
 
 def test_a_muted_node_is_left_out_and_a_bypassed_one_is_refused(host):

@@ -1,0 +1,205 @@
+"""A BK-SDM MODEL speaks the teacher's language to the rest of the graph.
+
+Other nodes patch a MODEL in SD's terms: ControlNet and T2I-Adapter control per teacher
+skip, replace patches keyed by teacher block address (IP-Adapter, SAG, PAG), block
+patches that test teacher block numbers (Kohya Deep Shrink). One diffusion-model wrapper
+(ComfyUI's patcher extension API), installed by the pack's loaders, translates all of
+them on every U-Net call, through the one init map of ``bksdm.addresses``:
+
+- control goes onto the student's skips (``ControlRemap``);
+- a replace patch runs at the student block initialised from its teacher block, sees the
+  teacher's address and transformer index while it runs, and must fit that block's
+  width; patches for removed teacher blocks are dropped, with one log line;
+- block and attention patches see teacher block numbers;
+- without a middle block, the bottom of the U-Net gets its own tensor (``separate_last_skip``).
+
+A second wrapper, around sampling, refuses the one control format that cannot be mapped
+(``refuse_unmapped_control``).
+
+Nothing is registered in ComfyUI's model options: what the wrapper builds lives for one
+call, so a patch added, replaced or removed later is always seen as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import comfy.controlnet
+import comfy.patcher_extension
+
+from ..bksdm.addresses import Address, AttentionSite, TeacherAddresses, teacher_addresses
+from ..bksdm.controlnet import DEFAULT_ALIGNMENT, ControlRemap, skip_count
+from ..bksdm.errors import PatchMisfitError, UnsupportedModelError
+from ..bksdm.unet_config import UNetSpec
+from ..bksdm.unet_keys import MIDDLE
+from ..bksdm.variants import classify_layout
+
+log = logging.getLogger(__name__)
+
+WRAPPER_KEY = "bksdm_teacher_addressing"
+REPLACE_KINDS = ("attn1", "attn2")
+BLOCK_PATCHES = ("input_block_patch", "input_block_patch_after_skip", "output_block_patch")
+ATTENTION_PATCHES = ("attn1_patch", "attn2_patch", "attn1_output_patch", "attn2_output_patch", "middle_patch")
+
+
+class AtTeacherSite:
+    """A replace patch made for a teacher block, running at the student block that carries it.
+
+    On the published layouts that block has the teacher block's width by construction (the
+    map is checked for it); the check here catches a custom layout, where addresses stay as
+    they are, and where SD-sized weights would otherwise be reshaped without a word."""
+
+    def __init__(self, patch, teacher: Address, site: AttentionSite | None, kind: str, student: Address):
+        self.patch, self.teacher, self.site, self.kind, self.student = patch, teacher, site, kind, student
+
+    def __call__(self, q, k, v, extra_options):
+        if self.site is not None and (q.shape[-1], extra_options["n_heads"]) != (self.site.width, self.site.heads):
+            raise PatchMisfitError(
+                None, f"the {self.kind} patch for SD block {self.teacher} to run at a block of its width "
+                f"({self.site.width} features, {self.site.heads} heads)",
+                f"this U-Net's block {self.student} has {q.shape[-1]} features, {extra_options['n_heads']} heads; "
+                "run as it is, the patch's weights would be silently reshaped",
+                "the map from SD's blocks covers the published BK-SDM layouts (Base, Small, Tiny); this U-Net is "
+                "another: use a patch made for this U-Net")
+        return _as_teacher(self.patch, (q, k, v, extra_options), self.teacher, self.site)
+
+
+class SeesTeacherBlock:
+    """A block or attention patch that reads transformer_options["block"] in SD's numbering."""
+
+    def __init__(self, patch, addresses: TeacherAddresses, attention: bool):
+        self.patch, self.addresses, self.attention = patch, addresses, attention
+
+    def __call__(self, *args):
+        teacher = self.addresses.teacher_block(args[-1].get("block"))
+        site = self.addresses.teacher_sites.get(teacher) if self.attention else None
+        return _as_teacher(self.patch, args, teacher, site)
+
+
+def _as_teacher(patch, args, teacher: Address, site: AttentionSite | None):
+    options = args[-1]  # ComfyUI passes its options dict last to every patch kind
+    seen = {"block": teacher} if site is None else {"block": teacher, "transformer_index": site.index}
+    saved = {key: options[key] for key in seen if key in options}
+    options.update(seen)
+    try:
+        return patch(*args)
+    finally:
+        for key in seen:
+            options.pop(key, None)
+        options.update(saved)
+
+
+def separate_last_skip(last_input_block: int):
+    """For U-Nets without a middle block: ComfyUI adds the ControlNet's middle residual in
+    place to the tensor at the bottom of the U-Net, which is then also the last skip, so it
+    would be added twice. diffusers (where BK-SDM and its ControlNets were trained) adds it
+    once; a copy of the bottom tensor makes ComfyUI do the same."""
+    def patch(h, transformer_options):
+        return h.clone() if transformer_options.get("block") == ("input", last_input_block) else h
+    return patch
+
+
+def _is_block_key(key) -> bool:
+    return isinstance(key, tuple) and len(key) >= 2 and isinstance(key[0], str) and isinstance(key[1], int)
+
+
+class TeacherAddressing:
+    def __init__(self, spec: UNetSpec, alignment: str = DEFAULT_ALIGNMENT):
+        self.addresses = teacher_addresses(spec)
+        self.remap = ControlRemap.for_spec(spec, alignment)
+        self.own_patches = [] if spec.has_middle else [separate_last_skip(skip_count(spec) - 1)]
+        self._reported: set = set()
+
+    def __call__(self, executor, x, timesteps=None, context=None, y=None, control=None, transformer_options=None,
+                 **kwargs):
+        if control is not None:
+            control = self.remap.fit(control)
+        return executor(x, timesteps, context, y, control, self.translate(transformer_options or {}), **kwargs)
+
+    def translate(self, options: dict) -> dict:
+        """The transformer options of one U-Net call, with every patch in the student's terms."""
+        translated = dict(options)
+        patches = dict(options.get("patches") or {})
+        for kind in BLOCK_PATCHES + ATTENTION_PATCHES:
+            if kind in patches:
+                patches[kind] = [SeesTeacherBlock(p, self.addresses, kind in ATTENTION_PATCHES)
+                                 for p in patches[kind]]
+        if self.own_patches:
+            patches["input_block_patch_after_skip"] = [*patches.get("input_block_patch_after_skip", []),
+                                                       *self.own_patches]
+        translated["patches"] = patches
+        replace = options.get("patches_replace")
+        if replace:
+            translated["patches_replace"] = {kind: self._relocate(kind, table) if kind in REPLACE_KINDS else table
+                                             for kind, table in replace.items()}
+        return translated
+
+    def _relocate(self, kind: str, table: dict) -> dict:
+        relocated, stand_ins, dropped = {}, [], []
+        for key, patch in table.items():
+            if not _is_block_key(key):
+                relocated[key] = patch
+                continue
+            teacher = tuple(key[:2])
+            student = self.addresses.student_block(teacher)
+            if student is None:
+                dropped.append(key)
+            elif teacher == MIDDLE and student != MIDDLE:
+                stand_ins.append((key, student, patch))
+            else:
+                relocated[(*student, *key[2:])] = self._at(patch, teacher, kind, student)
+        for key, student, patch in stand_ins:  # a block's own patch wins over the middle block's
+            if any(_is_block_key(k) and tuple(k[:2]) == student for k in relocated):
+                dropped.append(key)
+            else:
+                relocated[(*student, *key[2:])] = self._at(patch, MIDDLE, kind, student)
+        self._report(kind, dropped, stand_ins)
+        return relocated
+
+    def _at(self, patch, teacher: Address, kind: str, student: Address) -> AtTeacherSite:
+        return AtTeacherSite(patch, teacher, self.addresses.teacher_sites.get(teacher), kind, student)
+
+    def _report(self, kind: str, dropped: list, stand_ins: list) -> None:
+        report = (kind, tuple(dropped), tuple(key for key, _, _ in stand_ins))
+        if report in self._reported or not (dropped or stand_ins):
+            return
+        self._reported.add(report)
+        layout = self.addresses.layout
+        if dropped:
+            log.info("BK-SDM: %d %s patch(es) address SD blocks BK-SDM %s removed, not applied: %s",
+                     len(dropped), kind, layout, ", ".join(map(str, dropped)))
+        for key, student, _ in stand_ins:
+            if key not in dropped:
+                log.info("BK-SDM: %s patch for SD's middle block %s runs at BK-SDM %s's block %s (no middle block)",
+                         kind, key, layout, student)
+
+
+def refuse_unmapped_control(executor, *args, **kwargs):
+    """Before sampling: ComfyUI builds a Control-LoRA's ControlNet from the MODEL's own U-Net
+    config and sets its SD-numbered weights into it by name, so on BK-SDM they would land on
+    other blocks (or fail deep inside ComfyUI). Say so instead."""
+    for conds in (getattr(executor.class_obj, "conds", None) or {}).values():
+        for cond in conds:
+            control = cond.get("control")
+            while control is not None:
+                if isinstance(control, comfy.controlnet.ControlLora):
+                    raise UnsupportedModelError(
+                        None, "a ControlNet or T2I-Adapter whose control the pack can move onto BK-SDM's blocks",
+                        "a Control-LoRA: ComfyUI builds it from this MODEL's own (BK-SDM) U-Net and sets its "
+                        "SD-numbered weights into it by name, where they would land on other blocks",
+                        "use the full SD ControlNet of the same kind (its residuals are mapped), or one trained "
+                        "for BK-SDM")
+                control = getattr(control, "previous_controlnet", None)
+    return executor(*args, **kwargs)
+
+
+def set_teacher_addressing(model, spec: UNetSpec, alignment: str = DEFAULT_ALIGNMENT) -> None:
+    """Install (or replace) the translation on a ModelPatcher, in place; the full SD U-Net needs none."""
+    wrappers = {comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL: TeacherAddressing(spec, alignment),
+                comfy.patcher_extension.WrappersMP.OUTER_SAMPLE: refuse_unmapped_control}
+    for kind in wrappers:
+        model.remove_wrappers_with_key(kind, WRAPPER_KEY)
+    if classify_layout(spec) == "teacher":
+        return
+    for kind, wrapper in wrappers.items():
+        model.add_wrapper_with_key(kind, WRAPPER_KEY, wrapper)
