@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .block_map import block_map, teacher_spec
+from .block_map import block_map, blocks_by_name, teacher_spec
 from .unet_config import UNetSpec
 from .unet_keys import MIDDLE, unet_blocks
 from .variants import classify_layout
@@ -77,7 +77,7 @@ def attention_sites(spec: UNetSpec) -> dict[Address, AttentionSite]:
 
 def teacher_addresses(student: UNetSpec) -> TeacherAddresses:
     teacher = teacher_spec(student)
-    teacher_blocks = {block.diffusers: block for block, _ in unet_blocks(teacher.unet_config)}
+    teacher_blocks = blocks_by_name(teacher)
     known = frozenset(block.address for block in teacher_blocks.values() if block.address is not None)
     teacher_sites = attention_sites(teacher)
     layout = classify_layout(student)

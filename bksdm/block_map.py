@@ -48,7 +48,7 @@ def require_known_layout(student: UNetSpec, source) -> str:
     return layout
 
 
-def _blocks(spec: UNetSpec) -> dict[str, Block]:
+def blocks_by_name(spec: UNetSpec) -> dict[str, Block]:
     return {block.diffusers: block for block, _ in unet_blocks(spec.unet_config)}
 
 
@@ -93,7 +93,7 @@ def _thaw(frozen) -> UNetSpec:
 @lru_cache(maxsize=16)
 def _block_map(layout: str, family: str, frozen_student, frozen_teacher) -> BlockMap:
     student_spec, teacher = _thaw(frozen_student), _thaw(frozen_teacher)
-    student_blocks, teacher_blocks = _blocks(student_spec), _blocks(teacher)
+    student_blocks, teacher_blocks = blocks_by_name(student_spec), blocks_by_name(teacher)
     shift = teacher.levels - student_spec.levels
     student_tensors = {b.diffusers: ts for b, ts in unet_blocks(student_spec.unet_config)}
     teacher_tensors = {b.diffusers: ts for b, ts in unet_blocks(teacher.unet_config)}

@@ -131,19 +131,31 @@ def _clone(url: str, commit: str, into: Path, what: str = "ComfyUI",
     return checkout
 
 
-def provision(version: str, source: str) -> Path:
-    """Unpack (or clone) ComfyUI ``version`` from ``source`` into the cache, once, atomically."""
-    target = provisioned_path(version)
-    if is_comfyui(target):
+def _install_once(target: Path, check, what: str, source, fetch) -> Path:
+    """``target`` as ``fetch(staging)`` makes it, fetched once: into a staging folder beside it,
+    then one rename, so a half-fetched copy is never taken for a finished one."""
+    if check(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    log.info("fetching ComfyUI %s from %s into %s", version, source, target)
+    log.info("fetching %s from %s into %s", what, source, target)
     with tempfile.TemporaryDirectory(prefix=".staging-", dir=target.parent) as staging:
+        checkout = fetch(Path(staging))
+        try:
+            checkout.rename(target)
+        except OSError:
+            if not check(target):  # else another set-up finished first: use its copy
+                raise
+    return target
+
+
+def provision(version: str, source: str) -> Path:
+    """Unpack (or clone) ComfyUI ``version`` from ``source`` into the cache, once, atomically."""
+    def fetch(staging: Path) -> Path:
         archive = Path(source).expanduser()
         if archive.is_file():
-            checkout = _unpack_archive(archive, Path(staging))
+            checkout = _unpack_archive(archive, staging)
         elif re.match(r"^(https?|ssh|git|file)://|^[\w.-]+@", source):
-            checkout = _clone(source, SUPPORTED[version], Path(staging))
+            checkout = _clone(source, SUPPORTED[version], staging)
         else:
             raise ProvisionError(f"COMFYUI_SOURCE={source} is neither a file nor a git URL; expected a ComfyUI "
                                  f".tar.gz or a git URL such as {UPSTREAM}")
@@ -152,39 +164,27 @@ def provision(version: str, source: str) -> Path:
             raise ProvisionError(f"{source} holds ComfyUI {found or 'of unknown version'}, expected {version}; "
                                  f"set BKSDM_COMFYUI_VERSION={found} if that release is supported "
                                  f"({', '.join(SUPPORTED)}), or point COMFYUI_SOURCE at the release you asked for")
-        try:
-            checkout.rename(target)
-        except OSError:
-            if not is_comfyui(target):  # else another set-up finished first: use its copy
-                raise
-    return target
+        return checkout
+
+    return _install_once(provisioned_path(version), is_comfyui, f"ComfyUI {version}", source, fetch)
 
 
 def provision_thirdparty(name: str, archives: str | None) -> Path:
     """Unpack (or clone) a pinned third-party node pack into the cache, once, atomically."""
     url, commit = THIRDPARTY[name]
-    target = thirdparty_path(name)
-    if is_node_pack(target):
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
     archive = Path(archives).expanduser() / f"{name}-{commit[:8]}.tar.gz" if archives else None
-    log.info("fetching %s %s from %s into %s", name, commit[:8], archive or url, target)
-    with tempfile.TemporaryDirectory(prefix=".staging-", dir=target.parent) as staging:
-        if archive is not None:
-            if not archive.is_file():
-                raise ProvisionError(f"BKSDM_THIRDPARTY_SOURCE={archives} has no {archive.name}; expected the "
-                                     f"source archive of {url} at {commit[:8]} there, or unset it to clone {url}")
-            checkout = _unpack_archive(archive, Path(staging), is_node_pack, name,
-                                       f"replace it with the source archive of {url} at {commit[:8]}")
-        else:
-            checkout = _clone(url, commit, Path(staging), name, "set BKSDM_THIRDPARTY_SOURCE to a folder holding "
-                              f"{name}-{commit[:8]}.tar.gz, the source archive of {url} at that commit")
-        try:
-            checkout.rename(target)
-        except OSError:
-            if not is_node_pack(target):
-                raise
-    return target
+
+    def fetch(staging: Path) -> Path:
+        if archive is None:
+            return _clone(url, commit, staging, name, "set BKSDM_THIRDPARTY_SOURCE to a folder holding "
+                          f"{name}-{commit[:8]}.tar.gz, the source archive of {url} at that commit")
+        if not archive.is_file():
+            raise ProvisionError(f"BKSDM_THIRDPARTY_SOURCE={archives} has no {archive.name}; expected the "
+                                 f"source archive of {url} at {commit[:8]} there, or unset it to clone {url}")
+        return _unpack_archive(archive, staging, is_node_pack, name,
+                               f"replace it with the source archive of {url} at {commit[:8]}")
+
+    return _install_once(thirdparty_path(name), is_node_pack, f"{name} {commit[:8]}", archive or url, fetch)
 
 
 def find_or_provision() -> Path:
