@@ -7,7 +7,7 @@ Face repo id ``owner/name``. Without ``--dest`` it goes to the first ``diffusers
 of the ComfyUI found (``--comfyui``, else as :data:`comfy_host.DEFAULT_COMFYUI` says),
 extra_model_paths.yaml included. HF_TOKEN and HF_ENDPOINT
 are honoured. An interrupted download resumes when the command is run again. The folder's
-path is written to stdout; progress and errors go to the log.
+path is written to stdout; errors go to the log, progress to a bar on a terminal (else to the log).
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TextIO
+
+from huggingface_hub.utils import tqdm as hub_tqdm
 
 from bksdm.download import WEIGHT_CHOICES, download_model
 from bksdm.errors import BKSDMError
@@ -46,7 +49,7 @@ def comfyui_diffusers_folder(comfy_path: Path | None) -> str:
 
 
 class ProgressLog:
-    """Logs a download's progress every 5 %."""
+    """Logs a download's progress every 5 % (for logs and pipes, where a bar would be noise)."""
 
     def __init__(self, name: str, every: int = 5):
         self.name = name
@@ -60,20 +63,41 @@ class ProgressLog:
             self.next = (percent // self.every + 1) * self.every
 
 
+class ProgressBar:
+    """One terminal bar for the whole request; huggingface_hub's tqdm, so HF_HUB_DISABLE_PROGRESS_BARS counts."""
+
+    def __init__(self, name: str, file: TextIO | None = None):
+        self.name, self.file, self.bar = name, file, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = hub_tqdm(desc=self.name, total=total, initial=done, unit="B", unit_scale=True,
+                                unit_divisor=1024, file=self.file or sys.stderr)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("httpx", "httpx2"):  # one line per HTTP request otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    progress = ProgressBar(args.model) if sys.stderr.isatty() else ProgressLog(args.model)
     try:
         root = str(args.dest) if args.dest else comfyui_diffusers_folder(args.comfyui)
-        path = download_model(args.model, root, weights=args.weights, progress=ProgressLog(args.model))
+        path = download_model(args.model, root, weights=args.weights, progress=progress)
     except (BKSDMError, comfy_host.HostError, OSError) as e:
         log.error("%s", e)
         return 1
     except KeyboardInterrupt:
         log.error("interrupted: run the same command again to resume the download")
         return 130
+    finally:
+        if isinstance(progress, ProgressBar):
+            progress.close()
     sys.stdout.write(f"{path}\n")
     return 0
 

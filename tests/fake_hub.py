@@ -296,12 +296,14 @@ def _tensors(seed: int, count: int, dtype: str) -> bytes:
     return save({"weight": rng.standard_normal(count).astype(dtype)})
 
 
-def bk_sdm_repo(*, fp16: bool = True, text_encoder_fp16_only: bool = False, safetensors: bool = True) -> dict:
+def bk_sdm_repo(*, fp16: bool = True, text_encoder_fp16_only: bool = False, safetensors: bool = True,
+                unet_half_values: int = 32768) -> dict:
     """The file tree nota-ai publishes for a BK-SDM model (SD-1.x pipeline), with tiny contents.
 
     ``fp16``: the U-Net and VAE also have ``*.fp16.safetensors`` files.
     ``text_encoder_fp16_only``: the text encoder has only ``model.fp16.safetensors``.
     ``safetensors``: False leaves the text encoder with a ``pytorch_model.bin`` only.
+    ``unet_half_values``: the fp16 U-Net's size, in values of 2 bytes.
     """
     index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.19.0.dev0",
              "feature_extractor": ["transformers", "CLIPImageProcessor"],
@@ -347,6 +349,6 @@ def bk_sdm_repo(*, fp16: bool = True, text_encoder_fp16_only: bool = False, safe
         name = "model.fp16.safetensors" if text_encoder_fp16_only else "model.safetensors"
         files[f"text_encoder/{name}"] = _tensors(4, 1024, "float16" if text_encoder_fp16_only else "float32")
     if fp16:
-        files["unet/diffusion_pytorch_model.fp16.safetensors"] = _tensors(2, 32768, "float16")
+        files["unet/diffusion_pytorch_model.fp16.safetensors"] = _tensors(2, unet_half_values, "float16")
         files["vae/diffusion_pytorch_model.fp16.safetensors"] = _tensors(3, 2048, "float16")
     return files

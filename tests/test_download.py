@@ -1,13 +1,17 @@
 """Downloading BK-SDM models: real huggingface_hub over real HTTP, against a fake hub on 127.0.0.1.
 
-Nothing of ``bksdm.download`` is replaced; faults (dropped connections, wrong bytes, outages)
-come from the server (tests/fake_hub.py). The only setting changed is the wait between
-retries, so that the outage tests take milliseconds.
+Nothing of ``bksdm.download`` or huggingface_hub is replaced; faults (dropped connections,
+wrong bytes, outages) come from the server (tests/fake_hub.py). The only thing changed is
+huggingface_hub's wait between retries (``time.sleep``), so that the outage tests take
+milliseconds.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import io
+import itertools
 import json
 import logging
 import os
@@ -16,13 +20,14 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from fake_hub import FakeHub, bk_sdm_repo
 from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
 
-from bksdm import download, pipeline
+from bksdm import pipeline
 from bksdm.download import MARKER, STAGING_PREFIX, download_model, is_downloaded, manual_steps, parse_repo_id
 from bksdm.errors import DownloadError, ModelNotFoundError
 from cli import comfy_host
@@ -49,12 +54,18 @@ def hub_settings(monkeypatch, tmp_path):
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-saved-token"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_IMPLICIT_TOKEN", False)
-    monkeypatch.setattr(download, "RETRY_DELAYS_S", (0.0, 0.0))
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+
+
+# A repo whose fp16 U-Net spans a few of huggingface_hub's download chunks: a cut transfer
+# resumes from the last whole chunk written, so the file must hold more than one.
+BIG = "someone/big-unet"
 
 
 @pytest.fixture
 def hub():
-    repos = {NOTA: bk_sdm_repo(), "someone/no-half": bk_sdm_repo(fp16=False, text_encoder_fp16_only=True),
+    big = bk_sdm_repo(unet_half_values=constants.DOWNLOAD_CHUNK_SIZE * 3 // 2 + 1234)
+    repos = {NOTA: bk_sdm_repo(), BIG: big, "someone/no-half": bk_sdm_repo(fp16=False, text_encoder_fp16_only=True),
              "someone/pickles-only": bk_sdm_repo(safetensors=False), "someone/bk-sdm-small": bk_sdm_repo(),
              "someone/private-bk": bk_sdm_repo()}
     with FakeHub(repos, tokens={"someone/private-bk": "hf_secret"}) as fake:
@@ -219,30 +230,47 @@ def range_start(request) -> int:
 
 
 def test_a_dropped_transfer_resumes_with_a_range_request(hub, root):
-    size = len(hub.file(NOTA, UNET_HALF).data)
+    size = len(hub.file(BIG, UNET_HALF).data)
     hub.faults.drop_after[UNET_HALF] = size // 2
-    folder = fetch(hub, root)
+    folder = fetch(hub, root, BIG)
     first, second = hub.gets(UNET_HALF)
     assert "range" not in first.headers
     # From where the bytes that arrived end (a client may lose the last partial read, never more).
     assert size // 4 <= range_start(second) <= size // 2
-    assert hashlib.sha256((folder / UNET_HALF).read_bytes()).hexdigest() == hub.file(NOTA, UNET_HALF).sha256
+    assert hashlib.sha256((folder / UNET_HALF).read_bytes()).hexdigest() == hub.file(BIG, UNET_HALF).sha256
 
 
-def test_a_later_call_resumes_what_an_earlier_one_left(hub, root):
-    size = len(hub.file(NOTA, UNET_HALF).data)
+def test_a_later_call_keeps_what_an_earlier_one_verified(hub, root):
+    """Across calls huggingface_hub keeps whole files: from 1.20 on it deletes a cut file's
+    process-unique temporary when the transfer fails (earlier releases leave a ``.incomplete``
+    file, which the next call continues with a Range request). The verified files stay."""
+    size = len(hub.file(BIG, UNET_HALF).data)
     hub.faults.drop_after[UNET_HALF] = size // 2
     hub.faults.down_after_drop = True
-    with pytest.raises(DownloadError, match="resumes where it stopped"):
-        fetch(hub, root)
-    assert_no_model(root)
-    staged = (root / (STAGING_PREFIX + NAME) / (UNET_HALF + ".part")).stat().st_size
-    assert size // 4 <= staged <= size // 2
+    with pytest.raises(DownloadError, match="keeps the files already verified"):
+        fetch(hub, root, BIG)
+    assert_no_model(root, "big-unet")
+    staging = root / (STAGING_PREFIX + "big-unet")
+    verified = set(json.loads((staging / MARKER).read_text())["files"])
+    assert verified and UNET_HALF not in verified
+    partials = list(staging.glob(".cache/huggingface/download/unet/*.incomplete"))
+    kept = partials[0].stat().st_size if partials else 0
     hub.reset()
-    folder = fetch(hub, root)
-    assert [r.headers.get("range") for r in hub.gets(UNET_HALF)] == [f"bytes={staged}-"]
-    assert files_requested(hub) == {UNET_HALF, VAE_HALF, "vae/config.json", "model_index.json"}  # the rest was kept
-    assert_same_as_hub(hub, folder)
+    folder = fetch(hub, root, BIG)
+    assert [r.headers.get("range") for r in hub.gets(UNET_HALF)] == [f"bytes={kept}-" if kept else None]
+    assert not files_requested(hub) & verified
+    assert files_requested(hub) | verified == FP16
+    assert_same_as_hub(hub, folder, BIG)
+
+
+def test_progress_follows_the_bytes_inside_a_file(hub, root):
+    """huggingface_hub's own progress feeds the callback: a file of several chunks reports as it arrives."""
+    reports = []
+    fetch(hub, root, BIG, progress=lambda done, total: reports.append(done))
+    unet = len(hub.file(BIG, UNET_HALF).data)
+    steps = [b - a for a, b in itertools.pairwise(reports) if b > a]
+    assert max(steps) < unet  # the U-Net arrived in more than one report
+    assert reports[-1] == sum(len(hub.file(BIG, p).data) for p in FP16)
 
 
 @pytest.mark.parametrize("path", [UNET_HALF, "unet/config.json"])  # checked by sha256 / by git blob id
@@ -291,6 +319,22 @@ def test_an_interruption_at_any_request_never_leaves_a_model_and_is_completed_la
                    and (r.server == "cdn" or not r.file.endswith(".safetensors"))]
         assert len(fetched) == len(set(fetched)), k  # nothing fetched twice
         assert not set(fetched) & set(verified), k  # nor again what the interrupted call had verified
+
+
+def test_no_module_of_the_pack_speaks_http_to_the_hub():
+    """Every byte from the hub moves through huggingface_hub: no HTTP client in the pack's code
+    (cli/remote.py is the client of a running ComfyUI server's API, not of the hub)."""
+    clients = {"urllib", "http", "requests", "httpx", "httpx2", "aiohttp", "socket", "ssl", "urllib3"}
+    offenders = []
+    pack = [*REPO.glob("*.py"), *(p for folder in ("bksdm", "nodes", "cli") for p in (REPO / folder).rglob("*.py"))]
+    for path in sorted(pack):
+        if path == REPO / "cli" / "remote.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{path.relative_to(REPO)}: {n}" for n in names if n.split(".")[0] in clients]
+    assert offenders == []
 
 
 # -- offline, unreachable, refused names, tokens ------------------------------------------------
@@ -381,6 +425,18 @@ def test_command_downloads_to_dest_and_fails_with_exit_code_1(hub, root, monkeyp
     assert "owner/name" in caplog.text
 
 
+def test_command_bar_counts_the_requests_bytes(hub, root):
+    from cli.download import ProgressBar
+
+    screen = io.StringIO()
+    bar = ProgressBar(BIG, file=screen)
+    folder = fetch(hub, root, BIG, progress=bar)
+    bar.close()
+    total = sum(len(hub.file(BIG, p).data) for p in files_in(folder))
+    assert bar.bar.n == bar.bar.total == total
+    assert BIG in screen.getvalue() and "100%" in screen.getvalue()
+
+
 def test_command_defaults_to_comfyuis_diffusers_folder_with_extra_model_paths(hub, tmp_path):
     real = comfy_host.find_comfyui()
     comfy = tmp_path / "ComfyUI"  # a checkout of its own, so its models folder is the test's
@@ -428,13 +484,17 @@ def test_download_node(hub, root, monkeypatch, download_node):
     bars = []
     monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK",
                         lambda value, total, preview, node_id=None: bars.append((value, total)))
-    inputs = {"variant": "custom", "repo_id": " someone/no-half ", "weights": "fp16"}
+    inputs = {"variant": "custom", "repo_id": f" {BIG} ", "weights": "fp16"}
     before = download_node.fingerprint_inputs(**inputs)
     output = download_node.execute(**inputs)
-    assert output.args == ("no-half",)
-    assert "no-half" in output.ui.as_dict()["text"][0]
-    total = sum(len(hub.file("someone/no-half", p).data) for p in files_in(root / "no-half"))
+    assert output.args == ("big-unet",)
+    assert "big-unet" in output.ui.as_dict()["text"][0]
+    total = sum(len(hub.file(BIG, p).data) for p in files_in(root / "big-unet"))
     assert bars[-1] == (total, total)
+    # huggingface_hub's byte progress reaches the bar: it moves inside a file, not only between files.
+    order = sorted(FP16, key=lambda p: (p == pipeline.PIPELINE_INDEX, p))  # the order of the download
+    between_files = set(itertools.accumulate((len(hub.file(BIG, p).data) for p in order), initial=0))
+    assert any(value not in between_files for value, _ in bars)
     after = download_node.fingerprint_inputs(**inputs)
     assert before != after == download_node.fingerprint_inputs(**inputs)  # stable once downloaded
 
