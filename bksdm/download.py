@@ -123,6 +123,7 @@ class _Progress:
 
     def __init__(self, callback: ProgressCallback | None, total: int, done: int):
         self.callback, self.total, self.done = callback, total, done
+        self.bar_class = self._bar_class()
 
     def advance(self, count: int) -> None:
         self.done = max(0, self.done + count)  # huggingface_hub counts back when a server ignores a range
@@ -135,7 +136,7 @@ class _Progress:
             except Exception as e:
                 raise _Stopped(e) from e
 
-    def bar_class(self) -> type:
+    def _bar_class(self) -> type:
         progress = self
 
         class RequestBar(hub_tqdm):
@@ -295,8 +296,8 @@ class _Download:
         """One file into the staging folder through huggingface_hub, verified; a file that fails
         verification is fetched once more."""
         target = local(self.staging, remote.path)
+        options = {"tqdm_class": self.progress.bar_class} if _TAKES_TQDM_CLASS else {}
         for attempt in (1, 2):
-            options = {"tqdm_class": self.progress.bar_class()} if _TAKES_TQDM_CLASS else {}
             before = self.progress.done
             try:
                 hf_hub_download(self.repo_id, remote.path, revision=self.revision, local_dir=self.staging,

@@ -62,13 +62,18 @@ def hub_settings(monkeypatch, tmp_path):
 BIG = "someone/big-unet"
 
 
-@pytest.fixture
-def hub():
+@pytest.fixture(scope="module")
+def hub_repos() -> dict[str, dict[str, bytes]]:
+    """The repos' contents, made once: the big U-Net's random values take most of a second."""
     big = bk_sdm_repo(unet_half_values=constants.DOWNLOAD_CHUNK_SIZE * 3 // 2 + 1234)
-    repos = {NOTA: bk_sdm_repo(), BIG: big, "someone/no-half": bk_sdm_repo(fp16=False, text_encoder_fp16_only=True),
-             "someone/pickles-only": bk_sdm_repo(safetensors=False), "someone/bk-sdm-small": bk_sdm_repo(),
-             "someone/private-bk": bk_sdm_repo()}
-    with FakeHub(repos, tokens={"someone/private-bk": "hf_secret"}) as fake:
+    return {NOTA: bk_sdm_repo(), BIG: big, "someone/no-half": bk_sdm_repo(fp16=False, text_encoder_fp16_only=True),
+            "someone/pickles-only": bk_sdm_repo(safetensors=False), "someone/bk-sdm-small": bk_sdm_repo(),
+            "someone/private-bk": bk_sdm_repo()}
+
+
+@pytest.fixture
+def hub(hub_repos):
+    with FakeHub(hub_repos, tokens={"someone/private-bk": "hf_secret"}) as fake:
         yield fake
 
 
