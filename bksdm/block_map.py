@@ -42,9 +42,10 @@ def teacher_spec(student: UNetSpec) -> UNetSpec:
 def require_known_layout(student: UNetSpec, source) -> str:
     layout = classify_layout(student)
     if layout not in STUDENT_LAYOUTS:
-        raise UnsupportedModelError(source, f"a U-Net in one of the BK-SDM layouts ({', '.join(STUDENT_LAYOUTS)})",
-                                    f"a custom layout ({student.describe()})",
-                                    "teacher LoRAs and ControlNets can only be mapped onto the published layouts")
+        raise UnsupportedModelError(path=source,
+                                    expected=f"a U-Net in one of the BK-SDM layouts ({', '.join(STUDENT_LAYOUTS)})",
+                                    found=f"a custom layout ({student.describe()})",
+                                    fix="teacher LoRAs and ControlNets can only be mapped onto the published layouts")
     return layout
 
 

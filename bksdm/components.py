@@ -53,9 +53,9 @@ def load_unet(folder: ModelFolder, prefer_half: bool, dtype=None, mmap: bool = T
         spec, naming, _ = detect_unet(shapes, path)
         log.info("BK-SDM: %s has no config.json; detected %s", folder.unet_dir, spec.describe())
         if naming != "diffusers":
-            raise WeightsMismatchError(path, "diffusers U-Net tensor names in a diffusers folder",
-                                       "ComfyUI/LDM names (a checkpoint-style file)",
-                                       "put single-file checkpoints in models/checkpoints and use the "
+            raise WeightsMismatchError(path=path, expected="diffusers U-Net tensor names in a diffusers folder",
+                                       found="ComfyUI/LDM names (a checkpoint-style file)",
+                                       fix="put single-file checkpoints in models/checkpoints and use the "
                                        "BK-SDM checkpoint loader")
     try:  # names and shapes are checked from the header, before any weight is read
         check_diffusers_unet(shapes, spec.unet_config, path, spec.describe())
@@ -73,9 +73,10 @@ def _explain_mismatch(mismatch: WeightsMismatchError, shapes, spec: UNetSpec, pa
         return mismatch
     config = os.path.join(os.path.dirname(path), "config.json")
     return WeightsMismatchError(
-        path, f"the weights of the U-Net config.json describes ({classify_layout(spec)}: {spec.describe()})",
-        f"the weights of another U-Net ({classify_layout(actual)}: {actual.describe()})",
-        f"{config} and the weights come from different models: download the model folder again")
+        path=path,
+        expected=f"the weights of the U-Net config.json describes ({classify_layout(spec)}: {spec.describe()})",
+        found=f"the weights of another U-Net ({classify_layout(actual)}: {actual.describe()})",
+        fix=f"{config} and the weights come from different models: download the model folder again")
 
 
 def load_text_encoder(folder: ModelFolder, spec: UNetSpec, prefer_half: bool, dtype=None, mmap: bool = True) -> dict:
@@ -112,9 +113,9 @@ def split_checkpoint(state_dict: Mapping, metadata: Mapping, path: str) -> Check
     """Split a single-file SD checkpoint into validated U-Net, text encoder and VAE."""
     unet = {k[len(LDM_PREFIX):]: v for k, v in state_dict.items() if k.startswith(LDM_PREFIX)}
     if not unet:
-        raise ModelNotFoundError(path, f"a full checkpoint (U-Net tensors under '{LDM_PREFIX}')",
-                                 f"{len(state_dict)} tensors and no U-Net among them",
-                                 "a diffusers U-Net file belongs in a model folder with its config.json; "
+        raise ModelNotFoundError(path=path, expected=f"a full checkpoint (U-Net tensors under '{LDM_PREFIX}')",
+                                 found=f"{len(state_dict)} tensors and no U-Net among them",
+                                 fix="a diffusers U-Net file belongs in a model folder with its config.json; "
                                  "load that with the BK-SDM U-Net loader")
     spec, _, renames = detect_unet({k: tuple(v.shape) for k, v in unet.items()}, path)
     if renames:
@@ -123,13 +124,14 @@ def split_checkpoint(state_dict: Mapping, metadata: Mapping, path: str) -> Check
     unet = {renames.get(k, k): v for k, v in unet.items()}
     text_encoder = split_checkpoint_text_encoder(state_dict, spec.family)
     if not text_encoder:
-        raise ModelNotFoundError(path, f"the {spec.family.title} text encoder inside the checkpoint",
-                                 "a checkpoint without a text encoder",
-                                 "load the U-Net with a U-Net loader and the text encoder with Load CLIP")
+        raise ModelNotFoundError(path=path, expected=f"the {spec.family.title} text encoder inside the checkpoint",
+                                 found="a checkpoint without a text encoder",
+                                 fix="load the U-Net with a U-Net loader and the text encoder with Load CLIP")
     vae = split_checkpoint_vae(state_dict)
     if not vae:
-        raise ModelNotFoundError(path, "the VAE inside the checkpoint", "a checkpoint without a VAE",
-                                 "add a Load VAE node for the SD VAE")
+        raise ModelNotFoundError(path=path, expected="the VAE inside the checkpoint",
+                                 found="a checkpoint without a VAE",
+                                 fix="add a Load VAE node for the SD VAE")
     check_vae(vae, path)
     return CheckpointParts(
         unet=UNetWeights(spec, unet, path),

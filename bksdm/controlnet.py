@@ -76,9 +76,10 @@ class ControlRemap:
 
     def refusal(self) -> UnsupportedModelError:
         return UnsupportedModelError(
-            None, f"a ControlNet or T2I-Adapter for this {self.layout_name} U-Net ({self.student_skips} skip "
+            path=None,
+            expected=f"a ControlNet or T2I-Adapter for this {self.layout_name} U-Net ({self.student_skips} skip "
             "connections)",
-            f"one made for the full SD U-Net ({self.teacher_skips} skips); applied as it is, most of its control "
+            found=f"one made for the full SD U-Net ({self.teacher_skips} skips); applied as it is, most of its control "
             "would land on the wrong blocks or nowhere",
-            "SD control can be mapped onto the published BK-SDM layouts (Base, Small, Tiny) only: use a "
+            fix="SD control can be mapped onto the published BK-SDM layouts (Base, Small, Tiny) only: use a "
             "ControlNet trained for this U-Net")

@@ -51,8 +51,8 @@ def refuse_foreign(keys: Iterable[str], source) -> None:
     keys = {k[len(LDM_PREFIX):] if k.startswith(LDM_PREFIX) else k for k in keys}
     for marker, name in FOREIGN_MARKERS:
         if marker in keys:
-            raise UnsupportedModelError(source, "an SD 1.x / 2.x U-Net (BK-SDM or a full teacher)",
-                                        f"{name} weights (tensor '{marker}')", SEE_ALSO)
+            raise UnsupportedModelError(path=source, expected="an SD 1.x / 2.x U-Net (BK-SDM or a full teacher)",
+                                        found=f"{name} weights (tensor '{marker}')", fix=SEE_ALSO)
 
 
 def _indices(keys: Iterable[str], prefix: str) -> list[int]:
@@ -63,8 +63,8 @@ def _indices(keys: Iterable[str], prefix: str) -> list[int]:
 def _count(keys: set[str], prefix: str, source) -> int:
     found = _indices(keys, prefix)
     if found != list(range(len(found))):
-        raise WeightsMismatchError(source, f"'{prefix}N' numbered 0, 1, 2, ...", f"indices {found}",
-                                   "the file is damaged or was converted with a tool that renumbers blocks")
+        raise WeightsMismatchError(path=source, expected=f"'{prefix}N' numbered 0, 1, 2, ...", found=f"indices {found}",
+                                   fix="the file is damaged or was converted with a tool that renumbers blocks")
     return len(found)
 
 
@@ -76,14 +76,15 @@ def _depth(keys: set[str], prefix: str, source) -> int:
 def _spec(shapes: Mapping[str, tuple], source, *, attention_key: str, stem: tuple[str, str],
           **structure) -> UNetSpec:
     if attention_key is None:
-        raise UnsupportedModelError(source, "an SD U-Net with cross-attention", "no attention layers at all", SEE_ALSO)
+        raise UnsupportedModelError(path=source, expected="an SD U-Net with cross-attention",
+                                    found="no attention layers at all", fix=SEE_ALSO)
     context_dim = shapes[attention_key.replace("proj_in.weight", "transformer_blocks.0.attn2.to_k.weight")][1]
     family = family_for_context_dim(context_dim, source)
     linear = len(shapes[attention_key]) == 2
     if linear is not family.linear_projection:
         kind = "linear" if linear else "convolutional"
-        raise UnsupportedModelError(source, f"{family.title} attention projections",
-                                    f"{kind} projections with {context_dim}-wide cross-attention", SEE_ALSO)
+        raise UnsupportedModelError(path=source, expected=f"{family.title} attention projections",
+                                    found=f"{kind} projections with {context_dim}-wide cross-attention", fix=SEE_ALSO)
     conv_in, conv_out = stem
     unet_config = make_unet_config(in_channels=shapes[conv_in][1], out_channels=shapes[conv_out][0],
                                    model_channels=shapes[conv_in][0], context_dim=context_dim,
@@ -95,15 +96,15 @@ def _check_middle(keys: set[str], resnet: str, attention: str, source) -> int:
     if f"{attention}.proj_in.weight" in keys:
         return _depth(keys, attention, source)
     if any(k.startswith(resnet) for k in keys):
-        raise UnsupportedModelError(source, "a middle block with cross-attention, or none",
-                                    "a middle block without attention", SEE_ALSO)
+        raise UnsupportedModelError(path=source, expected="a middle block with cross-attention, or none",
+                                    found="a middle block without attention", fix=SEE_ALSO)
     return NO_MIDDLE
 
 
 def _levels_multiple(channels: list[int], source) -> list[int]:
     if any(c % channels[0] for c in channels):
-        raise UnsupportedModelError(source, "level widths that are multiples of the first",
-                                    f"level widths {channels}", SEE_ALSO)
+        raise UnsupportedModelError(path=source, expected="level widths that are multiples of the first",
+                                    found=f"level widths {channels}", fix=SEE_ALSO)
     return [c // channels[0] for c in channels]
 
 
@@ -111,15 +112,16 @@ def _detect_diffusers(shapes: Mapping[str, tuple], source) -> UNetSpec:
     keys = set(shapes)
     levels = _count(keys, "down_blocks.", source)
     if levels == 0 or _count(keys, "up_blocks.", source) != levels:
-        raise WeightsMismatchError(source, "as many up blocks as down blocks", f"{levels} down blocks",
-                                   "the file is incomplete: re-download it")
+        raise WeightsMismatchError(path=source, expected="as many up blocks as down blocks",
+                                   found=f"{levels} down blocks",
+                                   fix="the file is incomplete: re-download it")
     channels, num_res, depth_in, depth_out, attention_key = [], [], [], [], None
     for level in range(levels):
         prefix = f"down_blocks.{level}"
         num_res.append(_count(keys, f"{prefix}.resnets.", source))
         if num_res[-1] == 0:
-            raise WeightsMismatchError(source, f"res blocks in {prefix}", "none",
-                                       "the file is incomplete: re-download it")
+            raise WeightsMismatchError(path=source, expected=f"res blocks in {prefix}", found="none",
+                                       fix="the file is incomplete: re-download it")
         channels.append(shapes[f"{prefix}.resnets.0.conv1.weight"][0])
         depth_in += [_depth(keys, f"{prefix}.attentions.{i}", source) for i in range(num_res[-1])]
         if f"{prefix}.attentions.0.proj_in.weight" in keys:
@@ -146,8 +148,8 @@ def _detect_ldm(shapes: Mapping[str, tuple], source) -> UNetSpec:
             num_res.append(0)
             continue
         if f"{block}.0.out_layers.3.weight" not in keys:
-            raise WeightsMismatchError(source, f"a res block or downsampler in {block}", "neither",
-                                       "the file is damaged: re-download it")
+            raise WeightsMismatchError(path=source, expected=f"a res block or downsampler in {block}", found="neither",
+                                       fix="the file is damaged: re-download it")
         width = shapes[f"{block}.0.out_layers.3.weight"][0]
         if num_res[-1] == 0:
             channels.append(width)
@@ -164,8 +166,9 @@ def _detect_ldm(shapes: Mapping[str, tuple], source) -> UNetSpec:
     if attention_key is None and middle > 0:
         attention_key = "middle_block.1.proj_in.weight"
     if len(channels) != len(num_res) or 0 in num_res:
-        raise WeightsMismatchError(source, "res blocks on every level", f"res blocks per level {num_res}",
-                                   "the file is damaged: re-download it")
+        raise WeightsMismatchError(path=source, expected="res blocks on every level",
+                                   found=f"res blocks per level {num_res}",
+                                   fix="the file is damaged: re-download it")
     return _spec(shapes, source, attention_key=attention_key, stem=("input_blocks.0.0.weight", "out.2.weight"),
                  channel_mult=_levels_multiple(channels, source), num_res_blocks=num_res,
                  transformer_depth=depth_in, transformer_depth_output=depth_out, transformer_depth_middle=middle)
@@ -223,16 +226,16 @@ def detect_unet(shapes: Mapping[str, tuple], source) -> tuple[UNetSpec, str, dic
     refuse_foreign(shapes, source)
     naming = unet_naming(shapes)
     if naming is None:
-        raise UnsupportedModelError(source, "U-Net weights (diffusers 'conv_in.weight' or LDM "
-                                    "'input_blocks.0.0.weight')", "neither",
-                                    "choose a Stable Diffusion U-Net or checkpoint file")
+        raise UnsupportedModelError(path=source, expected="U-Net weights (diffusers 'conv_in.weight' or LDM "
+                                    "'input_blocks.0.0.weight')", found="neither",
+                                    fix="choose a Stable Diffusion U-Net or checkpoint file")
     renames = gapped_ldm_renames(shapes) if naming == "ldm" else {}
     shapes = {renames.get(k, k): tuple(v) for k, v in shapes.items()}
     try:
         spec = _detect_diffusers(shapes, source) if naming == "diffusers" else _detect_ldm(shapes, source)
     except (KeyError, IndexError) as e:  # a block without one of its defining tensors
-        raise WeightsMismatchError(source, "complete U-Net blocks", f"a block without tensor {e}",
-                                   "the file is damaged or incomplete: re-download it") from None
+        raise WeightsMismatchError(path=source, expected="complete U-Net blocks", found=f"a block without tensor {e}",
+                                   fix="the file is damaged or incomplete: re-download it") from None
     names = {t.diffusers if naming == "diffusers" else t.ldm: t.shape for t in unet_tensors(spec.unet_config)}
     check_tensors(shapes, names, source, spec.describe())
     return spec, naming, renames

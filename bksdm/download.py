@@ -78,8 +78,8 @@ def download_model(repo_id: str, models_root: str, *, weights: str = "fp16", pro
     ``token`` and ``endpoint`` default to HF_TOKEN (or the saved login) and HF_ENDPOINT.
     """
     if weights not in WEIGHT_CHOICES:
-        raise DownloadError(None, f"weights one of {', '.join(WEIGHT_CHOICES)}", repr(weights),
-                            "choose fp16 (smallest), fp32 or both")
+        raise DownloadError(path=None, expected=f"weights one of {', '.join(WEIGHT_CHOICES)}", found=repr(weights),
+                            fix="choose fp16 (smallest), fp32 or both")
     repo_id, folder_name = parse_repo_id(repo_id)
     return _Download(repo_id, folder_name, os.path.abspath(models_root), weights, progress, token, endpoint).run()
 
@@ -205,42 +205,49 @@ class _Download:
     def _refuse_others(self, state: str) -> None:
         if state == "other-repo":
             other = read_marker(self.dest)["repo_id"]
-            raise DownloadError(self.dest, f"no folder there, or one downloaded from {self.repo_id}",
-                                f"a folder downloaded from {other}",
-                                "rename or delete that folder, or download into another models folder")
+            raise DownloadError(path=self.dest, expected=f"no folder there, or one downloaded from {self.repo_id}",
+                                found=f"a folder downloaded from {other}",
+                                fix="rename or delete that folder, or download into another models folder")
         if state == "foreign":
-            raise DownloadError(self.dest, "no folder there, or a complete model folder",
-                                "a folder this pack did not download, without a loadable model in it",
-                                "move it away or delete it, then download again (the pack never overwrites it)")
+            raise DownloadError(path=self.dest, expected="no folder there, or a complete model folder",
+                                found="a folder this pack did not download, without a loadable model in it",
+                                fix="move it away or delete it, then download again (the pack never overwrites it)")
 
     def _manual_error(self, found: str) -> DownloadError:
-        return DownloadError(self.dest, f"a connection to {self.endpoint} to download {self.repo_id}", found,
-                             manual_steps(self.repo_id, self.dest, self.weights, self.endpoint))
+        return DownloadError(path=self.dest, expected=f"a connection to {self.endpoint} to download {self.repo_id}",
+                             found=found,
+                             fix=manual_steps(self.repo_id, self.dest, self.weights, self.endpoint))
 
     def _hub_error(self, error: Exception, what: str) -> DownloadError:
         """The pack's error for what huggingface_hub raised while listing or fetching ``what``."""
         if isinstance(error, GatedRepoError) or (isinstance(error, HfHubHTTPError) and getattr(
                 getattr(error, "response", None), "status_code", None) in (401, 403)):
-            return DownloadError(self.repo_url, f"access to {what}", f"a gated or private repo ({_first_line(error)})",
-                                 f"accept the model's terms at {self.repo_url} while logged in, then set HF_TOKEN "
+            return DownloadError(path=self.repo_url, expected=f"access to {what}",
+                                 found=f"a gated or private repo ({_first_line(error)})",
+                                 fix=f"accept the model's terms at {self.repo_url} while logged in, then set HF_TOKEN "
                                  "to a token of that account")
         if isinstance(error, RepositoryNotFoundError):
-            return DownloadError(self.repo_url, "a model repository", "none (or a private one this token cannot see)",
-                                 "check the repo id; for a private or gated repo set HF_TOKEN")
+            return DownloadError(path=self.repo_url, expected="a model repository",
+                                 found="none (or a private one this token cannot see)",
+                                 fix="check the repo id; for a private or gated repo set HF_TOKEN")
         if isinstance(error, EntryNotFoundError):
-            return DownloadError(self.repo_url, f"{what}, as the repo's listing names it", _first_line(error),
-                                 "the repo may have changed during the download: run it again")
+            return DownloadError(path=self.repo_url, expected=f"{what}, as the repo's listing names it",
+                                 found=_first_line(error),
+                                 fix="the repo may have changed during the download: run it again")
         if isinstance(error, OfflineModeIsEnabled):
             return self._manual_error("offline mode (HF_HUB_OFFLINE is set)")
         if isinstance(error, HfHubHTTPError):
-            return DownloadError(self.repo_url, what, _first_line(error), "try again later, or check HF_ENDPOINT")
+            return DownloadError(path=self.repo_url, expected=what, found=_first_line(error),
+                                 fix="try again later, or check HF_ENDPOINT")
         if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
-            return DownloadError(self.staging, "room to write the download", f"{type(error).__name__}: {error}",
-                                 "free disk space (or fix the folder's permissions) and run the download again: "
+            return DownloadError(path=self.staging, expected="room to write the download",
+                                 found=f"{type(error).__name__}: {error}",
+                                 fix="free disk space (or fix the folder's permissions) and run the download again: "
                                  "it keeps the files already verified")
         # Anything else is the network: huggingface_hub has retried it already.
-        return DownloadError(self.repo_url, what, f"no connection ({type(error).__name__}: {_first_line(error)})",
-                             "check the connection and run the download again: it keeps the files already verified")
+        return DownloadError(path=self.repo_url, expected=what,
+                             found=f"no connection ({type(error).__name__}: {_first_line(error)})",
+                             fix="check the connection and run the download again: it keeps the files already verified")
 
     def _list_repo(self) -> tuple[list[str], dict[str, RemoteFile]]:
         """Every path of the repo, and the files the pack may take with their sizes and hashes."""
@@ -260,8 +267,9 @@ class _Download:
             lfs = sibling.lfs
             size = lfs["size"] if lfs else sibling.size
             if size is None:
-                raise DownloadError(self.repo_url, "file sizes in the hub's listing", f"none for {sibling.rfilename}",
-                                    "use the official hub, or a mirror (HF_ENDPOINT) that lists file metadata")
+                raise DownloadError(path=self.repo_url, expected="file sizes in the hub's listing",
+                                    found=f"none for {sibling.rfilename}",
+                                    fix="use the official hub, or a mirror (HF_ENDPOINT) that lists file metadata")
             listing[sibling.rfilename] = RemoteFile(sibling.rfilename, int(size), lfs["sha256"] if lfs else None,
                                                     None if lfs else sibling.blob_id)
         return paths, listing
@@ -317,9 +325,11 @@ class _Download:
             os.remove(target)
             log.warning("BK-SDM: %s of %s is not what the hub lists (%s)%s", remote.path, self.repo_id, problem,
                         "; fetching it again" if attempt == 1 else "")
-        raise DownloadError(f"{self.repo_url}/blob/{self.revision}/{remote.path}",
-                            f"{remote.size} bytes" + (f" with sha256 {remote.sha256}" if remote.sha256 else ""),
-                            f"{problem}, twice", "run the download again; if it keeps failing, something between "
+        raise DownloadError(path=f"{self.repo_url}/blob/{self.revision}/{remote.path}",
+                            expected=f"{remote.size} bytes"
+                            + (f" with sha256 {remote.sha256}" if remote.sha256 else ""),
+                            found=f"{problem}, twice",
+                            fix="run the download again; if it keeps failing, something between "
                             "you and the hub (a proxy, the mirror in HF_ENDPOINT) is altering the file")
 
     def _finish(self, marker: dict, wanted: list[str], state: str) -> None:
@@ -337,9 +347,9 @@ class _Download:
                     os.rmdir(self.dest)  # empty when checked; fails if something appeared since
                 os.rename(self.staging, self.dest)
             except OSError as e:
-                raise DownloadError(self.dest, "no folder there, or an empty one",
-                                    f"one that changed during the download ({e})",
-                                    "move it away and run the download again: the fetched files are kept") from None
+                raise DownloadError(path=self.dest, expected="no folder there, or an empty one",
+                                    found=f"one that changed during the download ({e})",
+                                    fix="move it away and run the download again: the fetched files are kept") from None
             return
         earlier = read_marker(self.dest)
         for path in wanted:

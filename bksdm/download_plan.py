@@ -50,9 +50,10 @@ def parse_repo_id(name: str) -> tuple[str, str]:
         return variant.repo_id, variant.folder_name
     match = _REPO_ID.fullmatch(name) if isinstance(name, str) else None
     if match is None or ".." in name or "--" in name:
-        raise DownloadError(None, "a BK-SDM name such as 'bk-sdm-small', or a Hugging Face repo id 'owner/name' "
-                            "(letters, digits, '-', '_' and '.')", repr(name),
-                            f"use a registry name ({summarize(v.folder_name for v in VARIANTS.values())}) "
+        raise DownloadError(path=None,
+                            expected="a BK-SDM name such as 'bk-sdm-small', or a Hugging Face repo id 'owner/name' "
+                            "(letters, digits, '-', '_' and '.')", found=repr(name),
+                            fix=f"use a registry name ({summarize(v.folder_name for v in VARIANTS.values())}) "
                             "or the id shown on the model's Hugging Face page")
     return name, match.group("name")
 
@@ -74,9 +75,10 @@ def select_files(available: Collection[str], weights: str, where: str = "the rep
     """The repo paths to fetch for ``weights``, chosen from the paths the repo has."""
     missing = [p for p in REQUIRED_CONFIGS if p not in available]
     if missing:
-        raise DownloadError(where, "a diffusers Stable Diffusion pipeline (model_index.json; unet/, vae/ and "
-                            "text_encoder/ with config.json and safetensors weights)", f"no {summarize(missing)}",
-                            "check the repo id: the pack downloads SD 1.x / 2.x pipelines in the diffusers layout")
+        raise DownloadError(path=where,
+                            expected="a diffusers Stable Diffusion pipeline (model_index.json; unet/, vae/ and "
+                            "text_encoder/ with config.json and safetensors weights)", found=f"no {summarize(missing)}",
+                            fix="check the repo id: the pack downloads SD 1.x / 2.x pipelines in the diffusers layout")
     chosen = [*REQUIRED_CONFIGS, *(p for p in OPTIONAL_CONFIGS if p in available)]
     for component in COMPONENTS:
         full, half = weight_names(component)
@@ -84,9 +86,9 @@ def select_files(available: Collection[str], weights: str, where: str = "the rep
         if not present:
             others = sorted(p.split("/", 1)[1] for p in available
                             if p.startswith(component + "/") and not p.endswith("/config.json"))
-            raise DownloadError(where, f"{full} or {half}",
-                                f"{summarize(others) if others else 'no weights'} in {component}/",
-                                "the pack downloads safetensors only (a .bin pickle can run code when loaded): "
+            raise DownloadError(path=where, expected=f"{full} or {half}",
+                                found=f"{summarize(others) if others else 'no weights'} in {component}/",
+                                fix="the pack downloads safetensors only (a .bin pickle can run code when loaded): "
                                 "use a repo that publishes safetensors, or fetch the files by hand")
         if weights == "both":
             chosen += present

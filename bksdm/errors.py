@@ -1,7 +1,8 @@
 """The pack's one error family.
 
 Every message answers four questions a user asks when a loader fails: which file,
-what the pack expected there, what it found, and what to do about it. ComfyUI shows
+what the pack expected there, what it found, and what to do about it. The four are
+keyword-only, so no raise site can swap them. ComfyUI shows
 the message as the node's error; the server keeps running.
 """
 
@@ -15,7 +16,7 @@ class BKSDMError(Exception):
 
     title = "cannot use this model"
 
-    def __init__(self, path: str | os.PathLike | None, expected: str, found: str, fix: str):
+    def __init__(self, *, path: str | os.PathLike | None, expected: str, found: str, fix: str):
         self.path = os.fspath(path) if path is not None else None
         self.expected = expected
         self.found = found
@@ -32,7 +33,7 @@ class BKSDMError(Exception):
         )
 
     def __reduce__(self):  # keep the fields when the error crosses a process boundary
-        return (type(self), (self.path, self.expected, self.found, self.fix))
+        return (_rebuild, (type(self), self.path, self.expected, self.found, self.fix))
 
 
 class ModelNotFoundError(BKSDMError):
@@ -73,6 +74,10 @@ class DownloadError(BKSDMError):
 
 class ExportError(BKSDMError):
     title = "cannot write the file"
+
+
+def _rebuild(cls: type[BKSDMError], path, expected, found, fix) -> BKSDMError:
+    return cls(path=path, expected=expected, found=found, fix=fix)
 
 
 def summarize(names, limit: int = 6) -> str:

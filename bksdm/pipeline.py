@@ -74,32 +74,34 @@ def resolve_model_folder(name: str, roots: list[str]) -> ModelFolder:
     """The folder ``name`` refers to under one of ``roots``; refuses names that escape them."""
     parts = name.replace("\\", "/").split("/")
     if not name or os.path.isabs(name) or ".." in parts or any(p.startswith(HIDDEN_PREFIX) for p in parts if p):
-        raise ModelNotFoundError(name, "a model folder name inside the diffusers model folders",
-                                 "a name that points outside them (absolute, '..' or hidden)",
-                                 "pick the folder from the node's list")
+        raise ModelNotFoundError(path=name, expected="a model folder name inside the diffusers model folders",
+                                 found="a name that points outside them (absolute, '..' or hidden)",
+                                 fix="pick the folder from the node's list")
     for root in roots:
         path = os.path.join(root, *parts)
         if os.path.isdir(path):
             return open_model_folder(path)
-    raise ModelNotFoundError(name, f"a folder '{name}' in one of: {', '.join(roots) or '(no diffusers folders)'}",
-                             "no such folder",
-                             "put the model folder there (see the README's folder tree), "
+    raise ModelNotFoundError(path=name,
+                             expected=f"a folder '{name}' in one of: {', '.join(roots) or '(no diffusers folders)'}",
+                             found="no such folder",
+                             fix="put the model folder there (see the README's folder tree), "
                              "or download it with the BK-SDM download node")
 
 
 def open_model_folder(path: str) -> ModelFolder:
     if not os.path.isdir(path):
-        raise ModelNotFoundError(path, "a diffusers model folder", "no such folder",
-                                 "check the path, or download the model with the BK-SDM download node")
+        raise ModelNotFoundError(path=path, expected="a diffusers model folder", found="no such folder",
+                                 fix="check the path, or download the model with the BK-SDM download node")
     if os.path.isfile(os.path.join(path, PIPELINE_INDEX)):
         _check_pipeline_index(path)
         return ModelFolder(path, is_pipeline=True)
     if os.path.isfile(os.path.join(path, "config.json")):
         return ModelFolder(path, is_pipeline=False)
-    raise ModelNotFoundError(path, f"a diffusers pipeline folder ({PIPELINE_INDEX}, unet/, text_encoder/, vae/) "
+    raise ModelNotFoundError(path=path,
+                             expected=f"a diffusers pipeline folder ({PIPELINE_INDEX}, unet/, text_encoder/, vae/) "
                              "or a U-Net folder (config.json + weights)",
-                             f"a folder with {_listing(path)}",
-                             "download the whole model repository into this folder")
+                             found=f"a folder with {_listing(path)}",
+                             fix="download the whole model repository into this folder")
 
 
 def _listing(path: str) -> str:
@@ -115,20 +117,22 @@ def _check_pipeline_index(path: str) -> None:
     index = read_config(index_path)
     pipeline = index.get("_class_name", "")
     if "unet" not in index and "transformer" in index:
-        raise UnsupportedModelError(index_path, "a U-Net pipeline (SD 1.x / 2.x family)",
-                                    f"a transformer-based pipeline ('{pipeline}')",
-                                    "load it with ComfyUI's own loaders")
+        raise UnsupportedModelError(path=index_path, expected="a U-Net pipeline (SD 1.x / 2.x family)",
+                                    found=f"a transformer-based pipeline ('{pipeline}')",
+                                    fix="load it with ComfyUI's own loaders")
     if "XL" in pipeline:
-        raise UnsupportedModelError(index_path, "an SD 1.x / 2.x pipeline", f"an SDXL pipeline ('{pipeline}')",
-                                    "load SDXL models with ComfyUI's own loaders")
+        raise UnsupportedModelError(path=index_path, expected="an SD 1.x / 2.x pipeline",
+                                    found=f"an SDXL pipeline ('{pipeline}')",
+                                    fix="load SDXL models with ComfyUI's own loaders")
 
 
 def weights_file(folder: ModelFolder, component: str, prefer_half: bool) -> str:
     """The weight file of a component, safetensors first, fp16 first if ``prefer_half``."""
     directory = folder.component_dir(component)
     if not os.path.isdir(directory):
-        raise ModelNotFoundError(directory, f"the '{component}' folder of the pipeline", "no such folder",
-                                 "the download is incomplete: download the model again")
+        raise ModelNotFoundError(path=directory, expected=f"the '{component}' folder of the pipeline",
+                                 found="no such folder",
+                                 fix="the download is incomplete: download the model again")
     safe_stem, pickle_stem = WEIGHT_STEMS[component]
     variants = (".fp16", "") if prefer_half else ("", ".fp16")
     candidates = [f"{safe_stem}{v}.safetensors" for v in variants] + [f"{pickle_stem}{v}.bin" for v in variants]
@@ -136,15 +140,15 @@ def weights_file(folder: ModelFolder, component: str, prefer_half: bool) -> str:
         path = os.path.join(directory, name)
         if os.path.isfile(path):
             if os.path.getsize(path) == 0:
-                raise InvalidFileError(path, "weights", "an empty file",
-                                       "the download is incomplete: download it again")
+                raise InvalidFileError(path=path, expected="weights", found="an empty file",
+                                       fix="the download is incomplete: download it again")
             return path
     if any(n.endswith(".index.json") for n in os.listdir(directory)):
         found = "sharded weights (an .index.json with several parts)"
     else:
         found = _listing(directory)
-    raise ModelNotFoundError(directory, f"one of {', '.join(candidates)}", found,
-                             "download the model's weights into this folder (safetensors preferred)")
+    raise ModelNotFoundError(path=directory, expected=f"one of {', '.join(candidates)}", found=found,
+                             fix="download the model's weights into this folder (safetensors preferred)")
 
 
 def prediction_type(folder: ModelFolder) -> str:
@@ -156,9 +160,9 @@ def prediction_type(folder: ModelFolder) -> str:
     config = read_config(path)
     value = config.get("prediction_type", "epsilon")
     if value not in PREDICTION_TYPES:
-        raise UnsupportedModelError(path, f"'prediction_type' one of {', '.join(PREDICTION_TYPES)}",
-                                    f"'prediction_type': {json.dumps(value)}",
-                                    "this model predicts something ComfyUI's SD sampling does not support")
+        raise UnsupportedModelError(path=path, expected=f"'prediction_type' one of {', '.join(PREDICTION_TYPES)}",
+                                    found=f"'prediction_type': {json.dumps(value)}",
+                                    fix="this model predicts something ComfyUI's SD sampling does not support")
     differs = {k: config[k] for k, v in SD_SCHEDULE.items() if k in config and config[k] != v}
     if differs:
         log.warning("BK-SDM: %s declares a noise schedule %s that differs from the SD one ComfyUI samples with %s; "

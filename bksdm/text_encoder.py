@@ -84,9 +84,9 @@ def normalize_text_encoder(state_dict: Mapping, family: Family, source) -> dict:
         sd = {f"text_model.{k}": v for k, v in sd.items()}
     layout = next((name for name, (marker, _, _) in LAYOUTS.items() if marker in sd), None)
     if layout is None:
-        raise WeightsMismatchError(source, "a CLIP text encoder (transformers or OpenCLIP names)",
-                                   f"{len(sd)} tensors such as {summarize(list(sd)[:3], 3)}",
-                                   "choose the pipeline's text_encoder weights, or re-download them")
+        raise WeightsMismatchError(path=source, expected="a CLIP text encoder (transformers or OpenCLIP names)",
+                                   found=f"{len(sd)} tensors such as {summarize(list(sd)[:3], 3)}",
+                                   fix="choose the pipeline's text_encoder weights, or re-download them")
     marker, layer_prefix, schema = LAYOUTS[layout]
     hidden = sd[marker].shape[-1]
     te = TEXT_ENCODERS[family.name]
@@ -94,11 +94,13 @@ def normalize_text_encoder(state_dict: Mapping, family: Family, source) -> dict:
         other = next((t for t in TEXT_ENCODERS.values() if t.hidden == hidden), None)
         found = f"a {other.family.upper()} text encoder (width {hidden})" if other else f"width {hidden}"
         expected = f"the {family.title} text encoder ({family.text_encoder}, width {te.hidden})"
-        raise UnsupportedModelError(source, expected, found, "use the text encoder that belongs to this U-Net")
+        raise UnsupportedModelError(path=source, expected=expected, found=found,
+                                    fix="use the text encoder that belongs to this U-Net")
     layers = len({int(m.group(1)) for k in sd if (m := re.match(re.escape(layer_prefix) + r"(\d+)\.", k))})
     if layers not in te.layers:
-        raise WeightsMismatchError(source, f"{' or '.join(map(str, te.layers))} layers of {family.text_encoder}",
-                                   f"{layers} layers", "the text encoder is incomplete: re-download it")
+        raise WeightsMismatchError(path=source,
+                                   expected=f"{' or '.join(map(str, te.layers))} layers of {family.text_encoder}",
+                                   found=f"{layers} layers", fix="the text encoder is incomplete: re-download it")
     # Extra tensors (position ids, projections, logit scale) are harmless; a missing or
     # misshapen one is not.
     expected = schema(te, layers)

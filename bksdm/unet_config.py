@@ -162,14 +162,14 @@ def read_config(path: str | os.PathLike) -> dict:
         with open(path, encoding="utf-8") as f:
             config = json.load(f)
     except FileNotFoundError:
-        raise InvalidConfigError(path, "a JSON config file", "no such file",
-                                 "re-download the model folder; it is incomplete") from None
+        raise InvalidConfigError(path=path, expected="a JSON config file", found="no such file",
+                                 fix="re-download the model folder; it is incomplete") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InvalidConfigError(path, "valid JSON", f"unparsable content ({e})",
-                                 "re-download this file; it is corrupt or not JSON") from None
+        raise InvalidConfigError(path=path, expected="valid JSON", found=f"unparsable content ({e})",
+                                 fix="re-download this file; it is corrupt or not JSON") from None
     if not isinstance(config, dict):
-        raise InvalidConfigError(path, "a JSON object", f"a JSON {type(config).__name__}",
-                                 "re-download this file; it is not a diffusers config")
+        raise InvalidConfigError(path=path, expected="a JSON object", found=f"a JSON {type(config).__name__}",
+                                 fix="re-download this file; it is not a diffusers config")
     return config
 
 
@@ -178,11 +178,11 @@ def family_for_context_dim(context_dim: int, source) -> Family:
         if family.context_dim == context_dim:
             return family
     if context_dim == 2048:
-        raise UnsupportedModelError(source, "an SD 1.x or 2.x U-Net (cross-attention width 768 or 1024)",
-                                    "an SDXL U-Net (cross-attention width 2048)", SEE_ALSO)
-    raise UnsupportedModelError(source, "cross-attention width 768 (SD 1.x) or 1024 (SD 2.x)",
-                                f"cross-attention width {context_dim}",
-                                "this U-Net belongs to another model family; " + SEE_ALSO)
+        raise UnsupportedModelError(path=source, expected="an SD 1.x or 2.x U-Net (cross-attention width 768 or 1024)",
+                                    found="an SDXL U-Net (cross-attention width 2048)", fix=SEE_ALSO)
+    raise UnsupportedModelError(path=source, expected="cross-attention width 768 (SD 1.x) or 1024 (SD 2.x)",
+                                found=f"cross-attention width {context_dim}",
+                                fix="this U-Net belongs to another model family; " + SEE_ALSO)
 
 
 def spec_from_diffusers_config(config: dict, source: str | os.PathLike | None = None) -> UNetSpec:
@@ -212,14 +212,15 @@ def spec_from_diffusers_config(config: dict, source: str | os.PathLike | None = 
 
     model_channels = channels[0]
     if any(c % model_channels for c in channels):
-        raise UnsupportedModelError(source, "block_out_channels that are multiples of the first",
-                                    f"block_out_channels {channels}", "this is not an SD-family U-Net; " + SEE_ALSO)
+        raise UnsupportedModelError(path=source, expected="block_out_channels that are multiples of the first",
+                                    found=f"block_out_channels {channels}",
+                                    fix="this is not an SD-family U-Net; " + SEE_ALSO)
     in_channels = _int(config, "in_channels", source, default=4)
     out_channels = _int(config, "out_channels", source, default=4)
     if (in_channels, out_channels) != (4, 4):
-        raise UnsupportedModelError(source, "a text-to-image U-Net with 4 latent channels in and out",
-                                    f"in_channels {in_channels}, out_channels {out_channels} "
-                                    "(an inpainting or image-conditioned U-Net)", SEE_ALSO)
+        raise UnsupportedModelError(path=source, expected="a text-to-image U-Net with 4 latent channels in and out",
+                                    found=f"in_channels {in_channels}, out_channels {out_channels} "
+                                    "(an inpainting or image-conditioned U-Net)", fix=SEE_ALSO)
 
     linear = config.get("use_linear_projection", False)
     if linear is not family.linear_projection:
@@ -228,8 +229,8 @@ def spec_from_diffusers_config(config: dict, source: str | os.PathLike | None = 
 
     middle = _middle_depth(config, transformer_layers[-1], source)
     if not any(down_attention) and not any(up_attention) and middle == NO_MIDDLE:
-        raise UnsupportedModelError(source, "an SD U-Net with cross-attention (text conditioning)",
-                                    "no CrossAttn blocks and no middle block", SEE_ALSO)
+        raise UnsupportedModelError(path=source, expected="an SD U-Net with cross-attention (text conditioning)",
+                                    found="no CrossAttn blocks and no middle block", fix=SEE_ALSO)
     _check_heads(config, family, channels, down_attention, up_attention, middle != NO_MIDDLE, source)
 
     transformer_depth = []
@@ -271,8 +272,8 @@ def _check_class(config: dict, source) -> None:
     if name == "UNet2DConditionModel":
         return
     what = OTHER_ARCHITECTURES.get(name, f"a '{name}' model")
-    raise UnsupportedModelError(source, "a diffusers UNet2DConditionModel config (SD 1.x / 2.x family)",
-                                f"{what} (_class_name '{name}')", SEE_ALSO)
+    raise UnsupportedModelError(path=source, expected="a diffusers UNet2DConditionModel config (SD 1.x / 2.x family)",
+                                found=f"{what} (_class_name '{name}')", fix=SEE_ALSO)
 
 
 def _found(config: dict, key: str) -> str:
@@ -280,8 +281,8 @@ def _found(config: dict, key: str) -> str:
 
 
 def _unsupported_value(config: dict, key: str, expected: str, source):
-    raise UnsupportedModelError(source, f"'{key}' {expected}", _found(config, key),
-                                "this U-Net has layers ComfyUI's SD U-Net does not; " + SEE_ALSO)
+    raise UnsupportedModelError(path=source, expected=f"'{key}' {expected}", found=_found(config, key),
+                                fix="this U-Net has layers ComfyUI's SD U-Net does not; " + SEE_ALSO)
 
 
 def _check_default(config: dict, key: str, default, source) -> None:
@@ -294,8 +295,8 @@ def _check_default(config: dict, key: str, default, source) -> None:
 def _int(config: dict, key: str, source, default: int) -> int:
     value = config.get(key, default)
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise InvalidConfigError(source, f"'{key}' a positive integer", _found(config, key),
-                                 "re-download the config; it is damaged")
+        raise InvalidConfigError(path=source, expected=f"'{key}' a positive integer", found=_found(config, key),
+                                 fix="re-download the config; it is damaged")
     return value
 
 
@@ -303,24 +304,25 @@ def _int_list(config: dict, key: str, source) -> list[int]:
     value = config.get(key)
     if (not isinstance(value, list) or not value
             or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
-        raise InvalidConfigError(source, f"'{key}' a non-empty list of positive integers", _found(config, key),
-                                 "re-download the config; it is damaged or not a U-Net config")
+        raise InvalidConfigError(path=source, expected=f"'{key}' a non-empty list of positive integers",
+                                 found=_found(config, key),
+                                 fix="re-download the config; it is damaged or not a U-Net config")
     return value
 
 
 def _str_list(config: dict, key: str, length: int, source) -> list[str]:
     value = config.get(key)
     if not isinstance(value, list) or len(value) != length or not all(isinstance(v, str) for v in value):
-        raise InvalidConfigError(source, f"'{key}' a list of {length} block type names (one per level)",
-                                 _found(config, key), "re-download the config; it is damaged")
+        raise InvalidConfigError(path=source, expected=f"'{key}' a list of {length} block type names (one per level)",
+                                 found=_found(config, key), fix="re-download the config; it is damaged")
     return value
 
 
 def _block_has_attention(block_type: str, known: dict[str, bool], key: str, source) -> bool:
     if block_type not in known:
-        raise UnsupportedModelError(source, f"'{key}' entries from {sorted(known)}",
-                                    f"block type '{block_type}'",
-                                    "this U-Net has blocks ComfyUI's SD U-Net does not; " + SEE_ALSO)
+        raise UnsupportedModelError(path=source, expected=f"'{key}' entries from {sorted(known)}",
+                                    found=f"block type '{block_type}'",
+                                    fix="this U-Net has blocks ComfyUI's SD U-Net does not; " + SEE_ALSO)
     return known[block_type]
 
 
@@ -333,8 +335,8 @@ def _per_level(config: dict, key: str, levels: int, source, default: int) -> lis
     values = [value] * levels if isinstance(value, int) and not isinstance(value, bool) else value
     if (not isinstance(values, list) or len(values) != levels
             or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)):
-        raise UnsupportedModelError(source, f"'{key}' a positive integer or one per level ({levels})",
-                                    _found(config, key), SEE_ALSO)
+        raise UnsupportedModelError(path=source, expected=f"'{key}' a positive integer or one per level ({levels})",
+                                    found=_found(config, key), fix=SEE_ALSO)
     return values
 
 
@@ -355,8 +357,8 @@ def _check_heads(config, family: Family, channels, down_attention, up_attention,
     key = "num_attention_heads" if config.get("num_attention_heads") else "attention_head_dim"
     per_level = _as_list(heads) * (len(channels) if not isinstance(heads, list) else 1)
     if len(per_level) != len(channels) or not all(isinstance(h, int) and not isinstance(h, bool) for h in per_level):
-        raise InvalidConfigError(source, f"'{key}' an integer or one per level ({len(channels)})",
-                                 _found(config, key), "re-download the config; it is damaged")
+        raise InvalidConfigError(path=source, expected=f"'{key}' an integer or one per level ({len(channels)})",
+                                 found=_found(config, key), fix="re-download the config; it is damaged")
     attended = [lvl for lvl in range(len(channels)) if down_attention[lvl] or up_attention[len(channels) - 1 - lvl]]
     if has_middle:
         attended.append(len(channels) - 1)
@@ -364,7 +366,7 @@ def _check_heads(config, family: Family, channels, down_attention, up_attention,
         if not family.heads_fit(channels[level], per_level[level]):
             convention = (f"{family.num_heads} heads" if family.num_heads != -1
                           else f"{family.head_channels}-channel heads")
-            raise UnsupportedModelError(source, f"{convention}, as every {family.title} U-Net has",
-                                        f"{_found(config, key)} for block_out_channels {channels}",
-                                        f"ComfyUI's {family.title} model class fixes the attention heads; "
+            raise UnsupportedModelError(path=source, expected=f"{convention}, as every {family.title} U-Net has",
+                                        found=f"{_found(config, key)} for block_out_channels {channels}",
+                                        fix=f"ComfyUI's {family.title} model class fixes the attention heads; "
                                         + SEE_ALSO)

@@ -195,8 +195,8 @@ def check_tensors(found: Mapping[str, tuple[int, ...]], expected: Mapping[str, t
         problems.append(f"{len(misshapen)} with other shapes "
                         f"(e.g. {k}: {tuple(found[k])} instead of {tuple(expected[k])})")
     raise WeightsMismatchError(
-        source, f"the {len(expected)} tensors of {layout}", "; ".join(problems),
-        "the weights belong to another model or are incomplete: re-download them, "
+        path=source, expected=f"the {len(expected)} tensors of {layout}", found="; ".join(problems),
+        fix="the weights belong to another model or are incomplete: re-download them, "
         "or check that config.json and the weights come from the same model")
 
 

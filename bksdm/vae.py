@@ -102,8 +102,9 @@ def check_vae(state_dict: Mapping, source) -> None:
     elif "decoder.up.0.block.0.norm1.weight" in state_dict:
         naming, found = "ldm", state_dict
     else:
-        raise WeightsMismatchError(source, "an SD VAE (AutoencoderKL)", f"{len(state_dict)} tensors of something else",
-                                   "choose the pipeline's vae weights, or re-download them")
+        raise WeightsMismatchError(path=source, expected="an SD VAE (AutoencoderKL)",
+                                   found=f"{len(state_dict)} tensors of something else",
+                                   fix="choose the pipeline's vae weights, or re-download them")
     expected = vae_tensors(naming)
     check_tensors({k: tuple(v.shape) for k, v in found.items() if k in expected}, expected, source, "the SD VAE")
 

@@ -52,24 +52,26 @@ def read_safetensors_header(path: str | os.PathLike) -> Header:
         with open(path, "rb") as f:
             prefix = f.read(8)
             if len(prefix) < 8:
-                raise InvalidFileError(path, "a safetensors file (an 8-byte header length, then a JSON header)",
-                                       f"{size} bytes", REDOWNLOAD)
+                raise InvalidFileError(path=path,
+                                       expected="a safetensors file (an 8-byte header length, then a JSON header)",
+                                       found=f"{size} bytes", fix=REDOWNLOAD)
             (length,) = struct.unpack("<Q", prefix)
             if length > min(MAX_HEADER_BYTES, size - 8):
-                raise InvalidFileError(path, "a header that fits in the file",
-                                       f"a header of {length} bytes in a file of {size} bytes",
-                                       f"this is not a safetensors file, or {REDOWNLOAD}")
+                raise InvalidFileError(path=path, expected="a header that fits in the file",
+                                       found=f"a header of {length} bytes in a file of {size} bytes",
+                                       fix=f"this is not a safetensors file, or {REDOWNLOAD}")
             raw = f.read(length)
     except OSError as e:
-        raise InvalidFileError(path, "a readable file", f"{type(e).__name__}: {e.strerror or e}",
-                               "check the path and its permissions") from None
+        raise InvalidFileError(path=path, expected="a readable file", found=f"{type(e).__name__}: {e.strerror or e}",
+                               fix="check the path and its permissions") from None
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise InvalidFileError(path, "a JSON safetensors header", "unparsable bytes",
-                               f"this is not a safetensors file, or {REDOWNLOAD}") from None
+        raise InvalidFileError(path=path, expected="a JSON safetensors header", found="unparsable bytes",
+                               fix=f"this is not a safetensors file, or {REDOWNLOAD}") from None
     if not isinstance(header, dict):
-        raise InvalidFileError(path, "a JSON object as header", type(header).__name__, REDOWNLOAD)
+        raise InvalidFileError(path=path, expected="a JSON object as header", found=type(header).__name__,
+                               fix=REDOWNLOAD)
     metadata = header.pop("__metadata__", None) or {}
     return _validate(path, header, metadata, data_start=8 + length, data_bytes=size - 8 - length)
 
@@ -85,13 +87,14 @@ def _validate(path, header: dict, metadata, data_start: int, data_bytes: int) ->
         except (TypeError, KeyError, ValueError):
             ok = False
         if not ok:
-            raise InvalidFileError(path, "dtype, shape and data_offsets for every tensor",
-                                   f"a malformed entry for '{name}'", REDOWNLOAD)
+            raise InvalidFileError(path=path, expected="dtype, shape and data_offsets for every tensor",
+                                   found=f"a malformed entry for '{name}'", fix=REDOWNLOAD)
         nbytes = math.prod(shape) * DTYPE_BYTES[dtype]
         if not 0 <= begin <= end <= data_bytes or end - begin != nbytes:
             raise InvalidFileError(
-                path, f"'{name}' ({dtype} {shape}) to take {nbytes} bytes inside the {data_bytes}-byte data section",
-                f"data_offsets [{begin}, {end}]", REDOWNLOAD)
+                path=path,
+                expected=f"'{name}' ({dtype} {shape}) to take {nbytes} bytes inside the {data_bytes}-byte data section",
+                found=f"data_offsets [{begin}, {end}]", fix=REDOWNLOAD)
         shapes[name], dtypes[name] = tuple(shape), dtype
         offsets[name] = (data_start + begin, data_start + end)
         spans.append((begin, end))
@@ -99,13 +102,15 @@ def _validate(path, header: dict, metadata, data_start: int, data_bytes: int) ->
     covered = 0
     for begin, end in spans:
         if begin != covered:
-            raise InvalidFileError(path, "tensors packed back to back in the data section",
-                                   f"a gap or overlap at byte {begin}", REDOWNLOAD)
+            raise InvalidFileError(path=path, expected="tensors packed back to back in the data section",
+                                   found=f"a gap or overlap at byte {begin}", fix=REDOWNLOAD)
         covered = end
     if covered != data_bytes:
-        raise InvalidFileError(path, f"{covered} bytes of tensor data", f"{data_bytes} bytes", REDOWNLOAD)
+        raise InvalidFileError(path=path, expected=f"{covered} bytes of tensor data", found=f"{data_bytes} bytes",
+                               fix=REDOWNLOAD)
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise InvalidFileError(path, "string metadata", "non-string metadata values", REDOWNLOAD)
+        raise InvalidFileError(path=path, expected="string metadata", found="non-string metadata values",
+                               fix=REDOWNLOAD)
     return Header(shapes, dtypes, offsets, metadata)
 
 
@@ -129,9 +134,9 @@ def load_state_dict(path: str | os.PathLike, dtype=None, mmap: bool = True) -> t
         return _load_safetensors(path, dtype, mmap)
     if path.lower().endswith(PICKLE_SUFFIXES):
         return _cast(_load_pickle(path), dtype), {}
-    raise InvalidFileError(path, f"a weight file ({', '.join(SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES)})",
-                           f"a '{os.path.splitext(path)[1] or 'extensionless'}' file",
-                           "choose a .safetensors file (preferred) or a PyTorch .bin/.ckpt")
+    raise InvalidFileError(path=path, expected=f"a weight file ({', '.join(SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES)})",
+                           found=f"a '{os.path.splitext(path)[1] or 'extensionless'}' file",
+                           fix="choose a .safetensors file (preferred) or a PyTorch .bin/.ckpt")
 
 
 def _cast(state_dict: dict, dtype) -> dict:
@@ -148,7 +153,8 @@ def _load_safetensors(path: str, dtype, mmap: bool) -> tuple[dict, dict[str, str
         with safe_open(path, framework="pt", device="cpu") as f:
             tensors = {name: f.get_tensor(name) if mmap else f.get_tensor(name).clone() for name in header.shapes}
     except (OSError, SafetensorError) as e:
-        raise InvalidFileError(path, "a readable safetensors file", f"{type(e).__name__}: {e}", REDOWNLOAD) from None
+        raise InvalidFileError(path=path, expected="a readable safetensors file", found=f"{type(e).__name__}: {e}",
+                               fix=REDOWNLOAD) from None
     return _cast(tensors, dtype), header.metadata
 
 
@@ -159,11 +165,13 @@ def _load_pickle(path: str) -> dict:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise InvalidFileError(
-            path, "a pickle holding only tensors", f"a pickle that asks to run or build other objects ({e})",
-            "it was refused, not executed. Use the model's .safetensors file instead; "
+            path=path, expected="a pickle holding only tensors",
+            found=f"a pickle that asks to run or build other objects ({e})",
+            fix="it was refused, not executed. Use the model's .safetensors file instead; "
             "only load pickles from sources you trust") from None
     except (RuntimeError, EOFError, OSError, ValueError, struct.error, zipfile.BadZipFile) as e:
-        raise InvalidFileError(path, "a PyTorch weight file", f"{type(e).__name__}: {e}", REDOWNLOAD) from None
+        raise InvalidFileError(path=path, expected="a PyTorch weight file", found=f"{type(e).__name__}: {e}",
+                               fix=REDOWNLOAD) from None
     return unwrap_state_dict(loaded, path)
 
 
@@ -174,8 +182,9 @@ def unwrap_state_dict(loaded, path) -> dict:
     if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, Mapping) or not loaded:
-        raise InvalidFileError(path, "a mapping of tensor names to tensors", f"a {type(loaded).__name__}", REDOWNLOAD)
+        raise InvalidFileError(path=path, expected="a mapping of tensor names to tensors",
+                               found=f"a {type(loaded).__name__}", fix=REDOWNLOAD)
     tensors = {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
     if not tensors:
-        raise InvalidFileError(path, "tensors", "no tensors", REDOWNLOAD)
+        raise InvalidFileError(path=path, expected="tensors", found="no tensors", fix=REDOWNLOAD)
     return tensors

@@ -127,8 +127,9 @@ def spec_of(model) -> UNetSpec:
     for family, model_class in MODEL_CLASSES.items():
         if type(model_config) is model_class:
             return UNetSpec(family=FAMILIES[family], unet_config=model_config.unet_config)
-    raise UnsupportedModelError(None, "an SD 1.x or SD 2.x MODEL (for example from a BK-SDM loader)",
-                                f"a {type(model_config).__name__} model", "connect a BK-SDM or SD 1.x/2.x model")
+    raise UnsupportedModelError(path=None, expected="an SD 1.x or SD 2.x MODEL (for example from a BK-SDM loader)",
+                                found=f"a {type(model_config).__name__} model",
+                                fix="connect a BK-SDM or SD 1.x/2.x model")
 
 
 def build_clip(text_encoder: dict, embedding_directory: list[str] | None = None, model_options: dict | None = None):

@@ -31,8 +31,8 @@ def write_checkpoint(folder: pipeline.ModelFolder, output: str, precision: str) 
     full disk included) never leaves a partial checkpoint under that name.
     """
     if os.path.exists(output):
-        raise InvalidFileError(output, "a new file name", "an existing file",
-                               "choose another name, or delete the old file first")
+        raise InvalidFileError(path=output, expected="a new file name", found="an existing file",
+                               fix="choose another name, or delete the old file first")
     dtype = PRECISIONS[precision]
     model, clip, vae = load_folder(folder, precision, "auto", clip_options={"dtype": dtype}, vae_dtype=dtype)
     spec = spec_of(model)
@@ -45,8 +45,9 @@ def write_checkpoint(folder: pipeline.ModelFolder, output: str, precision: str) 
         comfy.sd.save_checkpoint(partial, model, clip, vae, metadata=metadata)
         os.replace(partial, output)
     except Exception as e:  # safetensors reports a full disk as its own error type, not OSError
-        raise ExportError(output, "room and permission to write the checkpoint", f"{type(e).__name__}: {e}",
-                          "free disk space or choose a writable checkpoints folder; nothing was written") from None
+        raise ExportError(path=output, expected="room and permission to write the checkpoint",
+                          found=f"{type(e).__name__}: {e}",
+                          fix="free disk space or choose a writable checkpoints folder; nothing was written") from None
     finally:
         if os.path.exists(partial):
             os.remove(partial)
@@ -90,12 +91,12 @@ class ConvertToCheckpoint(io.ComfyNode):
     @classmethod
     def execute(cls, model_name, filename, precision) -> io.NodeOutput:
         if problem := _filename_problem(filename):  # validate_inputs covers prompts; this, direct calls
-            raise InvalidFileError(filename, "a plain file name ending in .safetensors", problem,
-                                   "type only a name such as bk-sdm-small.safetensors")
+            raise InvalidFileError(path=filename, expected="a plain file name ending in .safetensors", found=problem,
+                                   fix="type only a name such as bk-sdm-small.safetensors")
         roots = folder_paths.get_folder_paths("checkpoints")
         if not roots:
-            raise ModelNotFoundError(None, "a models/checkpoints folder", "none configured",
-                                     "add a checkpoints folder in extra_model_paths.yaml")
+            raise ModelNotFoundError(path=None, expected="a models/checkpoints folder", found="none configured",
+                                     fix="add a checkpoints folder in extra_model_paths.yaml")
         folder = pipeline.resolve_model_folder(model_name, diffusers_roots())
         os.makedirs(roots[0], exist_ok=True)
         path = write_checkpoint(folder, os.path.join(roots[0], filename), precision)

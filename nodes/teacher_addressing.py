@@ -55,11 +55,11 @@ class AtTeacherSite:
     def __call__(self, q, k, v, extra_options):
         if self.site is not None and (q.shape[-1], extra_options["n_heads"]) != (self.site.width, self.site.heads):
             raise PatchMisfitError(
-                None, f"the {self.kind} patch for SD block {self.teacher} to run at a block of its width "
+                path=None, expected=f"the {self.kind} patch for SD block {self.teacher} to run at a block of its width "
                 f"({self.site.width} features, {self.site.heads} heads)",
-                f"this U-Net's block {self.student} has {q.shape[-1]} features, {extra_options['n_heads']} heads; "
-                "run as it is, the patch's weights would be silently reshaped",
-                "the map from SD's blocks covers the published BK-SDM layouts (Base, Small, Tiny); this U-Net is "
+                found=f"this U-Net's block {self.student} has {q.shape[-1]} features, "
+                f"{extra_options['n_heads']} heads; run as it is, the patch's weights would be silently reshaped",
+                fix="the map from SD's blocks covers the published BK-SDM layouts (Base, Small, Tiny); this U-Net is "
                 "another: use a patch made for this U-Net")
         return _as_teacher(self.patch, (q, k, v, extra_options), self.teacher, self.site)
 
@@ -184,10 +184,11 @@ def refuse_unmapped_control(executor, *args, **kwargs):
             while control is not None:
                 if isinstance(control, comfy.controlnet.ControlLora):
                     raise UnsupportedModelError(
-                        None, "a ControlNet or T2I-Adapter whose control the pack can move onto BK-SDM's blocks",
-                        "a Control-LoRA: ComfyUI builds it from this MODEL's own (BK-SDM) U-Net and sets its "
+                        path=None,
+                        expected="a ControlNet or T2I-Adapter whose control the pack can move onto BK-SDM's blocks",
+                        found="a Control-LoRA: ComfyUI builds it from this MODEL's own (BK-SDM) U-Net and sets its "
                         "SD-numbered weights into it by name, where they would land on other blocks",
-                        "use the full SD ControlNet of the same kind (its residuals are mapped), or one trained "
+                        fix="use the full SD ControlNet of the same kind (its residuals are mapped), or one trained "
                         "for BK-SDM")
                 control = getattr(control, "previous_controlnet", None)
     return executor(*args, **kwargs)
