@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/load.py                      # full: sd1 base/small/tiny + sd2-tiny, 3 repeats
     .venv/bin/python benchmarks/load.py --layouts sd1-tiny --repeats 1 --dtypes fp16   # smallest
+    .venv/bin/python benchmarks/load.py --smoke      # the smallest, in a temporary workdir (its pipeline removed)
 
 For each layout a random-weight pipeline folder with fp32 and fp16 files is written once
 under ``--workdir`` (reused by later runs). Every measurement then runs in a fresh
@@ -22,19 +23,25 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C
+from memory import Measured, measure_call, proc_status, tensor_bytes, touch_weights
+from options import COMFYUI_HELP, WORKDIR, comfyui_path, csv_list, fill_defaults, smoke_help
+from output import machine_header, median, progress, ratio, save_json, table, verdict, write_stdout
+from pipelines import LAYOUTS, WEIGHT_FILES, diffusers_dtype, ensure_pipeline, layout_list, set_page_cache, weight_files
+from workers import is_worker, run_worker, worker_main
 
 DTYPES = ("fp32", "fp16")
 LOADERS = ("pack", "diffusers")
 TIME_TARGET = 1.0  # pack load time <= 1.0x diffusers'
 MEMORY_TARGET = 1.3  # peak RSS increase <= 1.3x the bytes of the weights loaded
 MB = 1e6
+FULL = {"layouts": "sd1-base,sd1-small,sd1-tiny,sd2-tiny", "dtypes": "fp32,fp16", "repeats": 3}
+SMOKE = {"layouts": "sd1-tiny", "dtypes": "fp16", "repeats": 1}
 
 
 # --------------------------------------------------------------------------- workers (fresh processes)
@@ -43,18 +50,18 @@ def _file_bytes(paths) -> int:
     return sum(os.path.getsize(p) for p in paths)
 
 
-def _finish(load: C.Measured, expected: list[str], modules: list) -> dict:
+def _finish(load: Measured, expected: list[str], modules: list) -> dict:
     read = [p for p in load.mapped if os.path.basename(os.path.dirname(p)) in ("unet", "text_encoder", "vae")]
     result = load.as_dict()
     result.update(expected_files=expected, files_read=read or expected,
                   files_read_source="mapped" if read else "expected (no mapping seen)",
-                  weight_bytes=_file_bytes(read or expected), model_bytes=C.tensor_bytes(*modules))
+                  weight_bytes=_file_bytes(read or expected), model_bytes=tensor_bytes(*modules))
     # "Ready": every weight resident in the process, as the first forward pass (or the copy to
     # a GPU) makes it. A loader that only maps the files defers its reading to this point.
-    ready = C.measure_call(lambda: C.touch_weights(*modules), reset=False, rss_before=load.rss_before)
+    ready = measure_call(lambda: touch_weights(*modules), reset=False, rss_before=load.rss_before)
     result.update(touch_seconds=ready.seconds, ready_seconds=load.seconds + ready.seconds,
                   ready_peak_increase=ready.peak_increase)
-    result["rss_after"] = C.proc_status()["VmRSS"]
+    result["rss_after"] = proc_status()["VmRSS"]
     result["retained_increase"] = result["rss_after"] - load.rss_before
     import torch
 
@@ -78,8 +85,8 @@ def pack_worker(spec: dict) -> dict:
     expected = [loaders.pipeline.weights_file(folder, "unet", half),
                 loaders.pipeline.weights_file(folder, "text_encoder", te_half),
                 loaders.pipeline.weights_file(folder, "vae", half)]
-    measured = C.measure_call(lambda: loader.execute(model_name=name, weight_dtype=spec["dtype"],
-                                                     prediction="auto").args)
+    measured = measure_call(lambda: loader.execute(model_name=name, weight_dtype=spec["dtype"],
+                                                   prediction="auto").args)
     model, clip, vae = measured.value
     return _finish(measured, expected, [model.model, clip.cond_stage_model, vae.first_stage_model])
 
@@ -92,11 +99,11 @@ def diffusers_worker(spec: dict) -> dict:
 
     folder = Path(spec["folder"])
     if spec["dtype"] == "fp16":
-        kwargs, files = {**C.diffusers_dtype(torch.float16), "variant": "fp16"}, 1
+        kwargs, files = {**diffusers_dtype(torch.float16), "variant": "fp16"}, 1
     else:
-        kwargs, files = C.diffusers_dtype(torch.float32), 0
-    expected = [str(folder / pair[files]) for pair in C.WEIGHT_FILES.values()]
-    measured = C.measure_call(lambda: StableDiffusionPipeline.from_pretrained(
+        kwargs, files = diffusers_dtype(torch.float32), 0
+    expected = [str(folder / pair[files]) for pair in WEIGHT_FILES.values()]
+    measured = measure_call(lambda: StableDiffusionPipeline.from_pretrained(
         str(folder), safety_checker=None, requires_safety_checker=False, **kwargs))
     pipe = measured.value
     return _finish(measured, expected, [pipe.unet, pipe.text_encoder, pipe.vae])
@@ -106,41 +113,51 @@ def diffusers_worker(spec: dict) -> dict:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--layouts", default="sd1-base,sd1-small,sd1-tiny,sd2-tiny",
-                   help=f"comma-separated, from {', '.join(C.LAYOUTS)} (default: %(default)s)")
-    p.add_argument("--dtypes", default="fp32,fp16", help="fp32 and/or fp16 (default: %(default)s)")
+    p.add_argument("--smoke", action="store_true", help=smoke_help(SMOKE, "load the smallest layout once")
+                   + "; without --workdir, in a temporary workdir whose pipeline folder is removed at the end")
+    p.add_argument("--layouts", help=f"comma-separated, from {', '.join(LAYOUTS)} (default: {FULL['layouts']})")
+    p.add_argument("--dtypes", help=f"fp32 and/or fp16 (default: {FULL['dtypes']})")
     p.add_argument("--loaders", default="pack,diffusers", help="(default: %(default)s)")
-    p.add_argument("--repeats", type=int, default=3, help="fresh processes per measurement; medians are "
-                                                          "reported (default: %(default)s)")
-    p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "bksdm-bench",
-                   help="cache of the random pipeline folders, logs and JSON results (default: %(default)s)")
+    p.add_argument("--repeats", type=int, help=f"fresh processes per measurement; medians are reported (default: "
+                                               f"{FULL['repeats']})")
+    p.add_argument("--workdir", type=Path, help=f"cache of the random pipeline folders, logs and JSON results "
+                                                f"(default: {WORKDIR})")
     p.add_argument("--cache", choices=("warm", "cold"), default="warm",
                    help="warm: weight files read once before each load, so both loaders read from the page cache; "
                         "cold: their cached pages dropped before each load (posix_fadvise), so the disk is "
                         "timed too (default: %(default)s)")
-    p.add_argument("--comfyui", help=f"ComfyUI checkout (default: {C.DEFAULT_COMFYUI})")
+    p.add_argument("--comfyui", help=COMFYUI_HELP)
     p.add_argument("--comfy-arg", action="append", default=[], metavar="ARG",
                    help="extra ComfyUI flag for the pack's process, e.g. --comfy-arg=--fp32-text-enc")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per worker process (default: %(default)s)")
-    return p.parse_args(argv)
+    return fill_defaults(p.parse_args(argv), FULL, SMOKE)
 
 
-log = C.progress("load")
+log = progress("load")
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    layouts = C.layout_list(args.layouts)
-    dtypes = C.csv_list(args.dtypes, DTYPES)
-    loaders = C.csv_list(args.loaders, LOADERS)
-    comfy = C.comfyui_path(args.comfyui)
-    workdir = args.workdir.resolve()
-    header = C.machine_header("BK-SDM loading benchmark (CPU)", comfy, {
+    if args.workdir is not None or not args.smoke:
+        return run(args, (args.workdir or WORKDIR).resolve())
+    workdir = Path(tempfile.mkdtemp(prefix="bksdm-load-smoke-")).resolve()  # its logs and results stay
+    try:
+        return run(args, workdir)
+    finally:
+        shutil.rmtree(workdir / "diffusers", ignore_errors=True)  # the random pipeline's gigabytes
+
+
+def run(args: argparse.Namespace, workdir: Path) -> int:
+    layouts = layout_list(args.layouts)
+    dtypes = csv_list(args.dtypes, DTYPES)
+    loaders = csv_list(args.loaders, LOADERS)
+    comfy = comfyui_path(args.comfyui)
+    header = machine_header("BK-SDM loading benchmark (CPU)", comfy, {
         "settings": f"layouts {','.join(lay.name for lay in layouts)}; dtypes {','.join(dtypes)}; "
                     f"{args.repeats} fresh process(es) per cell, medians; page cache {args.cache}; "
                     f"ComfyUI flags --cpu {' '.join(args.comfy_arg)}".rstrip(),
         "workdir": str(workdir)})
-    folders = {lay.name: C.ensure_pipeline(workdir, lay, comfy, log) for lay in layouts}
+    folders = {lay.name: ensure_pipeline(workdir, lay, comfy, log) for lay in layouts}
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     runs: dict[tuple, list[dict]] = {}
@@ -150,29 +167,29 @@ def main(argv=None) -> int:
             for dtype in dtypes:
                 for loader in loaders:
                     folder = folders[lay.name]
-                    C.set_page_cache(C.weight_files(folder), warm=args.cache == "warm")
+                    set_page_cache(weight_files(folder), warm=args.cache == "warm")
                     spec = {"action": loader, "folder": str(folder), "dtype": dtype, "comfyui": str(comfy),
                             "comfy_args": args.comfy_arg}
                     log(f"repeat {repeat + 1}/{args.repeats}: {lay.name} {dtype} {loader}")
-                    result = C.run_worker(script, spec, workdir / "logs" / f"load-{stamp}-{lay.name}-{dtype}-{loader}"
-                                          f"-{repeat}.log", timeout=args.timeout,
-                                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                    result = run_worker(script, spec, workdir / "logs" / f"load-{stamp}-{lay.name}-{dtype}-{loader}"
+                                        f"-{repeat}.log", timeout=args.timeout,
+                                        env={**os.environ, "HF_HUB_OFFLINE": "1"})
                     log(f"  {result['seconds']:.2f} s, peak +{result['peak_increase'] / MB:.0f} MB "
                         f"for {result['weight_bytes'] / MB:.0f} MB of weights")
                     runs.setdefault((lay.name, dtype, loader), []).append(result)
 
     summary = summarize(runs)
-    C.save_json(workdir / "results" / f"load-{stamp}.json", {"header": header, "runs": {
+    save_json(workdir / "results" / f"load-{stamp}.json", {"header": header, "runs": {
         " ".join(k): v for k, v in runs.items()}, "summary": {" ".join(k): v for k, v in summary.items()}})
-    C.write_stdout(header + "\n" + report(summary, layouts, dtypes, loaders)
-                   + f"\nraw results: {workdir / 'results' / f'load-{stamp}.json'}\n")
+    write_stdout(header + "\n" + report(summary, layouts, dtypes, loaders)
+                 + f"\nraw results: {workdir / 'results' / f'load-{stamp}.json'}\n")
     return 0
 
 
 def summarize(runs: dict[tuple, list[dict]]) -> dict[tuple, dict]:
     out = {}
     for key, results in runs.items():
-        med = {k: C.median([r[k] for r in results]) for k in (
+        med = {k: median([r[k] for r in results]) for k in (
             "seconds", "cpu_seconds", "ready_seconds", "peak_increase", "ready_peak_increase", "anon_peak_increase",
             "file_peak_increase", "retained_increase")}
         out[key] = {
@@ -199,9 +216,9 @@ def report(summary: dict, layouts, dtypes, loaders) -> str:
                              s["peak_increase"] / MB, s["ready_peak_increase"] / MB, s["anon_peak_increase"] / MB,
                              s["file_peak_increase"] / MB, s["retained_increase"] / MB, s["model_bytes"] / MB,
                              ", ".join(s["files_read"])])
-    detail = C.table(["layout", "dtype", "loader", "load s", "load cpu s", "ready s", "weights read MB", "peak dRSS MB",
-                      "ready peak dRSS MB", "anon peak MB", "file peak MB", "retained dRSS MB", "model MB",
-                      "files read"], rows)
+    detail = table(["layout", "dtype", "loader", "load s", "load cpu s", "ready s", "weights read MB", "peak dRSS MB",
+                    "ready peak dRSS MB", "anon peak MB", "file peak MB", "retained dRSS MB", "model MB",
+                    "files read"], rows)
     ratio_rows = []
     for lay in layouts:
         for dtype in dtypes:
@@ -210,18 +227,18 @@ def report(summary: dict, layouts, dtypes, loaders) -> str:
                 pack = summary.get((lay.name, dtype, loader))
                 if pack is None:
                     continue
-                t = C.ratio(pack["seconds"], diff and diff["seconds"])
-                tr = C.ratio(pack["ready_seconds"], diff and diff["ready_seconds"])
-                pm = C.ratio(pack["peak_increase"], pack["weight_bytes"])
-                pr = C.ratio(pack["ready_peak_increase"], pack["weight_bytes"])
-                dr = C.ratio(diff and diff["ready_peak_increase"], diff and diff["weight_bytes"])
-                ratio_rows.append([lay.name, dtype, loader, t, C.verdict(t, TIME_TARGET, False), tr,
-                                   C.verdict(tr, TIME_TARGET, False), pm, C.verdict(pm, MEMORY_TARGET, False), pr,
-                                   C.verdict(pr, MEMORY_TARGET, False), dr])
-    ratios = C.table(["layout", "dtype", "loader", "load s vs diffusers", f"target <= {TIME_TARGET}x",
-                      "ready s vs diffusers", f"target <= {TIME_TARGET}x", "peak dRSS/weights",
-                      f"target <= {MEMORY_TARGET}x", "ready peak dRSS/weights", f"target <= {MEMORY_TARGET}x",
-                      "diffusers ready peak/weights"], ratio_rows)
+                t = ratio(pack["seconds"], diff and diff["seconds"])
+                tr = ratio(pack["ready_seconds"], diff and diff["ready_seconds"])
+                pm = ratio(pack["peak_increase"], pack["weight_bytes"])
+                pr = ratio(pack["ready_peak_increase"], pack["weight_bytes"])
+                dr = ratio(diff and diff["ready_peak_increase"], diff and diff["weight_bytes"])
+                ratio_rows.append([lay.name, dtype, loader, t, verdict(t, TIME_TARGET, False), tr,
+                                   verdict(tr, TIME_TARGET, False), pm, verdict(pm, MEMORY_TARGET, False), pr,
+                                   verdict(pr, MEMORY_TARGET, False), dr])
+    ratios = table(["layout", "dtype", "loader", "load s vs diffusers", f"target <= {TIME_TARGET}x",
+                    "ready s vs diffusers", f"target <= {TIME_TARGET}x", "peak dRSS/weights",
+                    f"target <= {MEMORY_TARGET}x", "ready peak dRSS/weights", f"target <= {MEMORY_TARGET}x",
+                    "diffusers ready peak/weights"], ratio_rows)
     source = "/".join({s["peak_source"] for s in summary.values()})
     return ("### Loads (medians)\n\n" + detail + "\n### Ratios and targets\n\n" + ratios + f"""
 - load s: the loader call alone (wall clock); load cpu s: CPU time of all the process's threads during it (less
@@ -237,7 +254,7 @@ def report(summary: dict, layouts, dtypes, loaders) -> str:
 
 
 if __name__ == "__main__":
-    if C.is_worker():
-        C.worker_main({"pack": pack_worker, "diffusers": diffusers_worker})
+    if is_worker():
+        worker_main({"pack": pack_worker, "diffusers": diffusers_worker})
     else:
         sys.exit(main())

@@ -1,12 +1,12 @@
 """Per-step U-Net time on the CPU: ComfyUI's loaded MODEL against diffusers, same random weights.
 
     .venv/bin/python benchmarks/unet_step.py                     # full: sd1 base/small/tiny + SD-1.4 teacher
-    .venv/bin/python benchmarks/unet_step.py --layouts sd1-tiny --size 64 --repeats 1 --warmup 1   # smallest
+    .venv/bin/python benchmarks/unet_step.py --smoke             # BK-Tiny at 64x64, 1 warm-up + 1 timed call
 
 One step is what a sampler costs per iteration: ComfyUI's ``model.apply_model`` of the
 MODEL the pack builds (``nodes.build.build_model``, the loader's own last step), called as
 KSampler's CFG batching calls it (cond and uncond in one batch of 2), against diffusers'
-``UNet2DConditionModel`` forward on the same weights (``tests/factories.random_unet``).
+``UNet2DConditionModel`` forward on the same weights (``random_models.random_unet``).
 Both run fp32 under ``torch.inference_mode``; calls alternate (ComfyUI, diffusers, ...)
 after a warm-up, and the medians are reported. The two outputs are compared first, so
 the timings are of the same computation.
@@ -14,44 +14,49 @@ the timings are of the same computation.
 The ComfyUI step gets the MODEL's own ``transformer_options``, as the sampler passes
 them, so it runs the attention the MODEL carries. Each layout runs in its own process, once
 per attention setting: ``pack`` is what the pack's loaders give on the CPU (PyTorch SDPA
-for this MODEL alone, ``nodes/attention.py``), ``comfyui`` the same MODEL without that
+for this MODEL alone, ``nodes/cpu.py``), ``comfyui`` the same MODEL without that
 choice (ComfyUI's CPU default, sub-quadratic), and ``pytorch`` / ``split`` / ``quad``
 ComfyUI started with that attention flag (the pack then keeps ComfyUI's choice).
 
 Memory: the peak RSS growth of one ComfyUI step over the RSS with the model loaded
-(``_common.measure_call``: the kernel's high-water mark, reset before the step), taken on
+(``memory.measure_call``: the kernel's high-water mark, reset before the step), taken on
 the first call, before diffusers has run in the process.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C
+from memory import measure_call
+from options import COMFYUI_HELP, WORKDIR, comfyui_path, csv_list, fill_defaults, smoke_help
+from output import machine_header, median, model_attention, progress, ratio, save_json, table, write_stdout
+from pipelines import LAYOUTS, layout_list
+from workers import is_worker, run_worker, worker_main
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}  # names of torch dtypes, resolved in the worker
 ATTENTION_FLAGS = {"pack": [], "comfyui": [], "pytorch": ["--use-pytorch-cross-attention"], "split": [
     "--use-split-cross-attention"], "quad": ["--use-quad-cross-attention"]}
 TIMESTEP = 500
+FULL = {"layouts": "sd1-base,sd1-small,sd1-tiny,sd1-teacher", "size": 256, "warmup": 2, "repeats": 10}
+SMOKE = {"layouts": "sd1-tiny", "size": 64, "warmup": 1, "repeats": 1}
 
 
 # --------------------------------------------------------------------------- worker
 
-def import_pack():
-    """This repository imported as a package, as ComfyUI imports a node pack (tests/conftest.py does the same)."""
-    if "bksdm_pack" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("bksdm_pack", C.REPO / "__init__.py",
-                                                      submodule_search_locations=[str(C.REPO)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["bksdm_pack"] = module
-        spec.loader.exec_module(module)
-    return importlib.import_module("bksdm_pack.nodes.build")
+def pack_model(config: dict, name: str, reference, dtype):
+    """The MODEL the pack's loaders build from the diffusers U-Net ``reference``: its state dict
+    renamed by the pack, then the loader's own last step (``nodes.build``). Every call into the
+    pack is here, through the one copy of it ComfyUI would load (``comfy_host.pack_module``)."""
+    from cli.comfy_host import pack_module
+
+    unet_spec = pack_module("bksdm.unet_config").spec_from_diffusers_config(config, name)
+    state = pack_module("bksdm.unet_keys").convert_diffusers_unet(reference.state_dict(), unet_spec, name,
+                                                                  unet_spec.describe())
+    weights = pack_module("bksdm.components").UNetWeights(unet_spec, state, name)
+    return pack_module("nodes.build").build_model(weights, dtype, "epsilon")
 
 
 def step_worker(spec: dict) -> dict:
@@ -63,35 +68,27 @@ def step_worker(spec: dict) -> dict:
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
     import comfy.model_management
-    from factories import random_unet, unet_config
 
-    from bksdm.components import UNetWeights
-    from bksdm.unet_config import spec_from_diffusers_config
-    from bksdm.unet_keys import convert_diffusers_unet
+    from random_models import random_unet, unet_config
 
-    build = import_pack()
-    layout = C.LAYOUTS[spec["layout"]]
+    layout = LAYOUTS[spec["layout"]]
     config = unet_config(layout.config)
     start = time.perf_counter()
     reference = random_unet(config, seed=0)
-    unet_spec = spec_from_diffusers_config(config, layout.config)
-    state = convert_diffusers_unet(reference.state_dict(), unet_spec.unet_config, layout.config,
-                                   unet_spec.describe())
     dtype = getattr(torch, DTYPES[spec["dtype"]])
-    patcher = build.build_model(UNetWeights(unet_spec, state, layout.config), dtype, "epsilon")
-    del state
+    patcher = pack_model(config, layout.config, reference, dtype)
     comfy.model_management.load_models_gpu([patcher])  # as the sampler does: the MODEL's own patches apply
     model = patcher.model
     options = patcher.model_options["transformer_options"]
     if spec["attention"] == "comfyui":  # the same MODEL without the pack's CPU attention choice
         options.pop("optimized_attention_override", None)
-    attention = C.model_attention(patcher)
+    attention = model_attention(patcher)
     build_seconds = time.perf_counter() - start
 
     g = torch.Generator().manual_seed(1)
     latent = spec["size"] // 8
     x = torch.randn(spec["batch"], 4, latent, latent, generator=g)
-    context = torch.randn(spec["batch"], 77, unet_spec.family.context_dim, generator=g)
+    context = torch.randn(spec["batch"], 77, config["cross_attention_dim"], generator=g)
     sigma = model.model_sampling.sigma(torch.tensor(float(TIMESTEP))).repeat(spec["batch"])
     timesteps = torch.full((spec["batch"],), TIMESTEP)
     scaled = x / (sigma.view(-1, 1, 1, 1) ** 2 + 1).sqrt()
@@ -103,7 +100,7 @@ def step_worker(spec: dict) -> dict:
         return reference(scaled.to(dtype), timesteps, encoder_hidden_states=context.to(dtype)).sample
 
     with torch.inference_mode():
-        first = C.measure_call(comfy_step)
+        first = measure_call(comfy_step)
         denoised = first.value
         # fp32: what a lower precision is measured against; then diffusers in the dtype under test
         expected = reference(scaled, timesteps, encoder_hidden_states=context).sample
@@ -122,7 +119,7 @@ def step_worker(spec: dict) -> dict:
                 times[name].append(time.perf_counter() - t0)
     processors = sorted({type(p).__name__ for p in reference.attn_processors.values()})
     return {
-        "comfy_s": C.median(times["comfy"]), "diffusers_s": C.median(times["diffusers"]),
+        "comfy_s": median(times["comfy"]), "diffusers_s": median(times["diffusers"]),
         "comfy_all": times["comfy"], "diffusers_all": times["diffusers"],
         "max_abs_diff": max_diff, "output_scale": scale, "build_seconds": build_seconds,
         "comfy_attention": attention, "comfy_step_peak_rss": first.peak_increase,
@@ -136,13 +133,12 @@ def step_worker(spec: dict) -> dict:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--layouts", default="sd1-base,sd1-small,sd1-tiny,sd1-teacher",
-                   help=f"comma-separated, from {', '.join(C.LAYOUTS)} (default: %(default)s)")
-    p.add_argument("--size", type=int, default=256, help="image size in pixels; the latent is size/8 "
-                                                         "(default: %(default)s)")
+    p.add_argument("--smoke", action="store_true", help=smoke_help(SMOKE, "run at the smallest size"))
+    p.add_argument("--layouts", help=f"comma-separated, from {', '.join(LAYOUTS)} (default: {FULL['layouts']})")
+    p.add_argument("--size", type=int, help=f"image size in pixels; the latent is size/8 (default: {FULL['size']})")
     p.add_argument("--batch", type=int, default=2, help="U-Net batch: 2 = one image with CFG (default: %(default)s)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed calls of each first (default: %(default)s)")
-    p.add_argument("--repeats", type=int, default=10, help="timed calls of each; medians (default: %(default)s)")
+    p.add_argument("--warmup", type=int, help=f"untimed calls of each first (default: {FULL['warmup']})")
+    p.add_argument("--repeats", type=int, help=f"timed calls of each; medians (default: {FULL['repeats']})")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     p.add_argument("--comfy-attention", default="pack,comfyui",
                    help=f"attention settings to run, from {', '.join(ATTENTION_FLAGS)}: pack = the pack's choice, "
@@ -150,25 +146,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtypes", default="fp32", help=f"weight dtypes, from {', '.join(DTYPES)}; bf16 is computed in "
                    "bf16 where the CPU has it natively (nodes/cpu.py) and compared with the fp32 reference "
                    "(default: %(default)s)")
-    p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "bksdm-bench",
-                   help="logs and JSON results (default: %(default)s)")
-    p.add_argument("--comfyui", help=f"ComfyUI checkout (default: {C.DEFAULT_COMFYUI})")
+    p.add_argument("--workdir", type=Path, default=WORKDIR, help="logs and JSON results (default: %(default)s)")
+    p.add_argument("--comfyui", help=COMFYUI_HELP)
     p.add_argument("--timeout", type=float, default=3600, help="seconds per worker process (default: %(default)s)")
-    return p.parse_args(argv)
+    return fill_defaults(p.parse_args(argv), FULL, SMOKE)
 
 
-log = C.progress("unet_step")
+log = progress("unet_step")
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    layouts = C.layout_list(args.layouts)
-    attentions = C.csv_list(args.comfy_attention, list(ATTENTION_FLAGS))
-    dtypes = C.csv_list(args.dtypes, list(DTYPES))
-    comfy = C.comfyui_path(args.comfyui)
+    layouts = layout_list(args.layouts)
+    attentions = csv_list(args.comfy_attention, list(ATTENTION_FLAGS))
+    dtypes = csv_list(args.dtypes, list(DTYPES))
+    comfy = comfyui_path(args.comfyui)
     workdir = args.workdir.resolve()
     latent = args.size // 8
-    header = C.machine_header("BK-SDM U-Net step benchmark (CPU)", comfy, {
+    header = machine_header("BK-SDM U-Net step benchmark (CPU)", comfy, {
         "settings": f"{args.size}x{args.size} ({latent}x{latent} latent), U-Net batch {args.batch}, 77 tokens, "
                     f"t={TIMESTEP}; {args.warmup} warm-up + {args.repeats} timed calls each, alternating; medians; "
                     f"torch threads {args.threads or 'default'}"})
@@ -182,15 +177,14 @@ def main(argv=None) -> int:
                 spec = {"action": "step", "layout": lay.name, "attention": attention, "dtype": dtype,
                         "comfyui": str(comfy), "size": args.size, "batch": args.batch, "warmup": args.warmup,
                         "repeats": args.repeats, "threads": args.threads}
-                r = C.run_worker(script, spec,
-                                 workdir / "logs" / f"unet_step-{stamp}-{lay.name}-{dtype}-{attention}.log",
-                                 timeout=args.timeout)
+                r = run_worker(script, spec, workdir / "logs" / f"unet_step-{stamp}-{lay.name}-{dtype}-{attention}.log",
+                               timeout=args.timeout)
                 log(f"  ComfyUI {r['comfy_s'] * 1e3:.0f} ms ({r['comfy_attention']}), diffusers "
                     f"{r['diffusers_s'] * 1e3:.0f} ms; outputs differ by {r['max_abs_diff']:.1e}")
                 results[(lay.name, attention, dtype)] = r
     path = workdir / "results" / f"unet_step-{stamp}.json"
-    C.save_json(path, {"header": header, "results": {" ".join(k): v for k, v in results.items()}})
-    C.write_stdout(header + "\n" + report(results, layouts, attentions, dtypes) + f"\nraw results: {path}\n")
+    save_json(path, {"header": header, "results": {" ".join(k): v for k, v in results.items()}})
+    write_stdout(header + "\n" + report(results, layouts, attentions, dtypes) + f"\nraw results: {path}\n")
     return 0
 
 
@@ -205,12 +199,12 @@ def report(results: dict, layouts, attentions, dtypes) -> str:
         fp32 = results.get((lay.name, attention, "fp32")) if dtype != "fp32" else None
         rows.append([lay.name, f"{dtype} (computed in {r['comfy_compute_dtype']})",
                      f"{attention} ({r['comfy_attention']})", r["params"] / 1e6, r["comfy_s"] * 1e3,
-                     r["diffusers_s"] * 1e3, C.ratio(r["comfy_s"], r["diffusers_s"]),
-                     C.ratio(r["comfy_s"], fp32 and fp32["comfy_s"]), r["comfy_step_peak_rss"] / 2**20,
-                     C.ratio(tr and tr["comfy_s"], r["comfy_s"]),
-                     C.ratio(tr and tr["diffusers_s"], r["diffusers_s"]),
+                     r["diffusers_s"] * 1e3, ratio(r["comfy_s"], r["diffusers_s"]),
+                     ratio(r["comfy_s"], fp32 and fp32["comfy_s"]), r["comfy_step_peak_rss"] / 2**20,
+                     ratio(tr and tr["comfy_s"], r["comfy_s"]),
+                     ratio(tr and tr["diffusers_s"], r["diffusers_s"]),
                      f"{r['max_abs_diff']:.1e} / {r['output_scale']:.1f}"])
-    return ("### U-Net step (medians)\n\n" + C.table(
+    return ("### U-Net step (medians)\n\n" + table(
         ["layout", "weights", "ComfyUI attention", "U-Net M params", "ComfyUI ms", "diffusers ms",
          "ComfyUI/diffusers time", "ComfyUI time / fp32's", "ComfyUI step peak RSS growth MB",
          "speed-up vs teacher (ComfyUI)", "speed-up vs teacher (diffusers)", "max abs diff / max abs out"], rows)
@@ -221,7 +215,7 @@ def report(results: dict, layouts, attentions, dtypes) -> str:
 
 
 if __name__ == "__main__":
-    if C.is_worker():
-        C.worker_main({"step": step_worker})
+    if is_worker():
+        worker_main({"step": step_worker})
     else:
         sys.exit(main())

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
 
-from .block_map import block_map, blocks_by_name, teacher_spec
-from .unet_config import UNetSpec
+from .block_map import block_map, blocks_by_name
 from .unet_keys import MIDDLE, unet_blocks
-from .variants import classify_layout
+from .unet_spec import UNetSpec
+from .variants import classify_layout, teacher_spec
 
 Address = tuple[str, int]  # ("input" | "middle" | "output", block number)
 
@@ -65,16 +66,17 @@ class TeacherAddresses:
         return self.teacher_of.get(student, student)
 
 
+@cache
 def attention_sites(spec: UNetSpec) -> dict[Address, AttentionSite]:
-    family, sites = spec.family, {}
-    for block, tensors in unet_blocks(spec.unet_config):
+    sites = {}
+    for block, tensors in unet_blocks(spec):
         if block.kind == "attention":
             width = tensors[0].shape[0]  # the attention's group norm: one weight per channel
-            heads = family.num_heads if family.num_heads != -1 else width // family.head_channels
-            sites[block.address] = AttentionSite(width, heads, len(sites))
+            sites[block.address] = AttentionSite(width, spec.family.heads(width), len(sites))
     return sites
 
 
+@cache
 def teacher_addresses(student: UNetSpec) -> TeacherAddresses:
     teacher = teacher_spec(student)
     teacher_blocks = blocks_by_name(teacher)
@@ -86,7 +88,7 @@ def teacher_addresses(student: UNetSpec) -> TeacherAddresses:
     mapping = block_map(student)
     teacher_of: dict[Address, Address] = {}
     stand_in = None
-    for block, _ in unet_blocks(student.unet_config):
+    for block, _ in unet_blocks(student):
         if block.address is None:
             continue
         source = teacher_blocks[mapping.diffusers[block.diffusers]].address

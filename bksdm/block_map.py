@@ -14,29 +14,17 @@ skip residuals into the 8 (Base/Small) or 6 (Tiny) skips of a BK U-Net.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
+from types import MappingProxyType
 
 from .errors import UnsupportedModelError
-from .unet_config import UNetSpec, make_unet_config
 from .unet_keys import Block, unet_blocks
-from .variants import classify_layout
+from .unet_spec import UNetSpec
+from .variants import classify_layout, teacher_spec
 
 STUDENT_LAYOUTS = ("base", "small", "tiny", "teacher")
 ALIGNMENTS = ("stage_output", "initialization")
-
-
-def teacher_spec(student: UNetSpec) -> UNetSpec:
-    """The full SD U-Net of the student's family (SD-v1.4/1.5 or SD-v2.x)."""
-    c = student.unet_config
-    config = make_unet_config(
-        in_channels=c["in_channels"], out_channels=c["out_channels"], model_channels=320,
-        channel_mult=[1, 2, 4, 4], num_res_blocks=[2, 2, 2, 2],
-        transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-        transformer_depth_middle=1, context_dim=c["context_dim"],
-        use_linear_in_transformer=c["use_linear_in_transformer"])
-    return UNetSpec(family=student.family, unet_config=config)
 
 
 def require_known_layout(student: UNetSpec, source) -> str:
@@ -50,21 +38,20 @@ def require_known_layout(student: UNetSpec, source) -> str:
 
 
 def blocks_by_name(spec: UNetSpec) -> dict[str, Block]:
-    return {block.diffusers: block for block, _ in unet_blocks(spec.unet_config)}
+    return {block.diffusers: block for block, _ in unet_blocks(spec)}
 
 
-def _up_resnets(blocks: dict[str, Block], up: int) -> int:
-    return sum(1 for name in blocks if re.fullmatch(rf"up_blocks\.{up}\.resnets\.\d+", name))
-
-
-def _teacher_name(name: str, student: dict[str, Block], teacher: dict[str, Block], shift: int) -> str:
-    m = re.fullmatch(r"up_blocks\.(\d+)\.(resnets|attentions|upsamplers)\.(\d+)(.*)", name)
-    if not m:
-        return name  # stem, down path and middle block keep their names
-    up, kind, index, rest = int(m[1]), m[2], int(m[3]), m[4]
-    if kind != "upsamplers" and index == _up_resnets(student, up) - 1:
-        index = _up_resnets(teacher, up + shift) - 1  # a stage's last block is the teacher stage's last
-    return f"up_blocks.{up + shift}.{kind}.{index}{rest}"
+def teacher_position(block: Block, student: UNetSpec, teacher: UNetSpec) -> tuple[str, int, str, int]:
+    """Where in the teacher the student block was initialised from. The stem, the down path and
+    the middle block keep their places; an up stage keeps its first blocks and takes its last
+    from the teacher stage's last, and Tiny's up stages sit one deeper in the teacher."""
+    if block.path != "up":
+        return block.position
+    stage = block.stage + len(teacher.levels) - len(student.levels)
+    index = block.index
+    if block.kind != "upsampler" and index == student.up_level(block.stage).res_blocks:
+        index = teacher.up_level(stage).res_blocks  # a stage's last block is the teacher stage's last
+    return "up", stage, block.kind, index
 
 
 @dataclass(frozen=True)
@@ -72,57 +59,40 @@ class BlockMap:
     """Student block -> teacher block it was initialised from, under both namings."""
 
     layout: str
-    diffusers: dict[str, str]  # student diffusers prefix -> teacher diffusers prefix
-    ldm: dict[str, str]  # student LDM prefix -> teacher LDM prefix
+    diffusers: MappingProxyType  # student diffusers prefix -> teacher diffusers prefix
+    ldm: MappingProxyType  # student LDM prefix -> teacher LDM prefix
     teacher: UNetSpec
 
 
 def block_map(student: UNetSpec, source=None) -> BlockMap:
     layout = require_known_layout(student, source)
-    return _block_map(layout, student.family.name, _freeze(student), _freeze(teacher_spec(student)))
+    return _block_map(student, layout)
 
 
-def _freeze(spec: UNetSpec):
-    return spec.family, tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in spec.unet_config.items())
-
-
-def _thaw(frozen) -> UNetSpec:
-    family, items = frozen
-    return UNetSpec(family=family, unet_config={k: list(v) if isinstance(v, tuple) else v for k, v in items})
-
-
-@lru_cache(maxsize=16)
-def _block_map(layout: str, family: str, frozen_student, frozen_teacher) -> BlockMap:
-    student_spec, teacher = _thaw(frozen_student), _thaw(frozen_teacher)
-    student_blocks, teacher_blocks = blocks_by_name(student_spec), blocks_by_name(teacher)
-    shift = teacher.levels - student_spec.levels
-    student_tensors = {b.diffusers: ts for b, ts in unet_blocks(student_spec.unet_config)}
-    teacher_tensors = {b.diffusers: ts for b, ts in unet_blocks(teacher.unet_config)}
+@cache
+def _block_map(student: UNetSpec, layout: str) -> BlockMap:
+    teacher = teacher_spec(student)
+    teacher_blocks = {block.position: (block, tensors) for block, tensors in unet_blocks(teacher)}
     diffusers, ldm = {}, {}
-    for name, block in student_blocks.items():
-        source = _teacher_name(name, student_blocks, teacher_blocks, shift)
-        shapes = [t.shape for t in student_tensors[name]]
-        if source not in teacher_blocks or shapes != [t.shape for t in teacher_tensors[source]]:
-            raise AssertionError(f"no teacher block of the same shape for {name} (tried {source})")
-        diffusers[name], ldm[block.ldm] = source, teacher_blocks[source].ldm
-    return BlockMap(layout, diffusers, ldm, teacher)
+    for block, tensors in unet_blocks(student):
+        source, source_tensors = teacher_blocks[teacher_position(block, student, teacher)]
+        if [t.shape for t in tensors] != [t.shape for t in source_tensors]:
+            raise AssertionError(f"{block.diffusers} and its teacher block {source.diffusers} differ in shape")
+        diffusers[block.diffusers], ldm[block.ldm] = source.diffusers, source.ldm
+    return BlockMap(layout, MappingProxyType(diffusers), MappingProxyType(ldm), teacher)
 
 
 def skip_producers(spec: UNetSpec) -> list[str]:
     """The blocks whose outputs become skip connections, in order (diffusers names)."""
-    producers = []
-    for block, _ in unet_blocks(spec.unet_config):
-        if block.kind == "downsampler" or block.diffusers == "conv_in":
-            producers.append(block.diffusers)
-        elif block.diffusers.startswith("down_blocks.") and block.kind == "resnet":
-            producers.append(block.diffusers)  # its attention, if any, belongs to the same skip
-    return producers
+    # a down res block's attention, if any, belongs to the same skip
+    return [block.diffusers for block, _ in unet_blocks(spec)
+            if block.diffusers == "conv_in" or block.kind == "downsampler"
+            or (block.path == "down" and block.kind == "resnet")]
 
 
 def skip_consumers(spec: UNetSpec) -> list[str]:
     """The up res block that consumes each skip connection, in skip order."""
-    consumers = [b.diffusers for b, _ in unet_blocks(spec.unet_config)
-                 if b.diffusers.startswith("up_blocks.") and b.kind == "resnet"]
+    consumers = [b.diffusers for b, _ in unet_blocks(spec) if b.path == "up" and b.kind == "resnet"]
     return list(reversed(consumers))  # the up path takes skips from the end
 
 
@@ -149,4 +119,4 @@ def skip_alignment(student: UNetSpec, alignment: str, source=None) -> list[int]:
 def keeps_middle_residual(student: UNetSpec) -> bool:
     """Whether the teacher's middle residual fits the student: it is added at the bottom of
     the U-Net (after the middle block, or in its place for Small), which Tiny no longer has."""
-    return student.levels == teacher_spec(student).levels
+    return len(student.levels) == len(teacher_spec(student).levels)

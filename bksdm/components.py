@@ -18,8 +18,9 @@ from .detect import LDM_PREFIX, detect_unet
 from .errors import BKSDMError, ModelNotFoundError, WeightsMismatchError
 from .pipeline import ModelFolder, weights_file
 from .text_encoder import normalize_text_encoder, split_checkpoint_text_encoder
-from .unet_config import UNetSpec, spec_from_config_file
+from .unet_config import spec_from_config_file
 from .unet_keys import check_diffusers_unet, convert_diffusers_unet
+from .unet_spec import UNetSpec
 from .vae import check_vae, split_checkpoint_vae
 from .variants import classify_layout
 from .weights import load_state_dict, tensor_shapes
@@ -58,11 +59,11 @@ def load_unet(folder: ModelFolder, prefer_half: bool, dtype=None, mmap: bool = T
                                        fix="put single-file checkpoints in models/checkpoints and use the "
                                        "BK-SDM checkpoint loader")
     try:  # names and shapes are checked from the header, before any weight is read
-        check_diffusers_unet(shapes, spec.unet_config, path, spec.describe())
+        check_diffusers_unet(shapes, spec, path, spec.describe())
     except WeightsMismatchError as mismatch:
         raise _explain_mismatch(mismatch, shapes, spec, path) from None
     state_dict, _ = load_state_dict(path, dtype, mmap)
-    return UNetWeights(spec, convert_diffusers_unet(state_dict, spec.unet_config, path, spec.describe()), path)
+    return UNetWeights(spec, convert_diffusers_unet(state_dict, spec, path, spec.describe()), path)
 
 
 def _explain_mismatch(mismatch: WeightsMismatchError, shapes, spec: UNetSpec, path: str) -> WeightsMismatchError:

@@ -16,18 +16,19 @@ level L", and under the initialisation alignment no student skip would take one.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
-from .block_map import keeps_middle_residual, skip_alignment, teacher_spec
+from .block_map import keeps_middle_residual, skip_alignment
 from .errors import UnsupportedModelError
-from .unet_config import UNetSpec
-from .variants import classify_layout
+from .unet_spec import UNetSpec
+from .variants import classify_layout, teacher_spec
 
 DEFAULT_ALIGNMENT = "stage_output"
 
 
 def skip_count(spec: UNetSpec) -> int:
-    c = spec.unet_config
-    return 1 + sum(c["num_res_blocks"]) + len(c["channel_mult"]) - 1
+    """conv_in, every down res block and every downsampler."""
+    return 1 + sum(level.res_blocks for level in spec.levels) + len(spec.levels) - 1
 
 
 @dataclass(frozen=True)
@@ -39,14 +40,16 @@ class ControlRemap:
     feature_indices: tuple[int, ...] | None  # teacher T2I entry per student input block
     keep_middle: bool
 
-    @classmethod
-    def for_spec(cls, spec: UNetSpec, alignment: str = DEFAULT_ALIGNMENT) -> ControlRemap:
+    @staticmethod
+    @cache
+    def for_spec(spec: UNetSpec, alignment: str = DEFAULT_ALIGNMENT) -> ControlRemap:
+        """The remap of one layout and alignment (cached: every U-Net call of a MODEL asks)."""
         layout = classify_layout(spec)
         teacher_skips, student_skips = skip_count(teacher_spec(spec)), skip_count(spec)
         if layout == "custom":
-            return cls(layout, teacher_skips, student_skips, None, None, False)
-        return cls(layout, teacher_skips, student_skips, tuple(skip_alignment(spec, alignment)),
-                   tuple(skip_alignment(spec, DEFAULT_ALIGNMENT)), keeps_middle_residual(spec))
+            return ControlRemap(layout, teacher_skips, student_skips, None, None, False)
+        return ControlRemap(layout, teacher_skips, student_skips, tuple(skip_alignment(spec, alignment)),
+                            tuple(skip_alignment(spec, DEFAULT_ALIGNMENT)), keeps_middle_residual(spec))
 
     def is_teacher_control(self, control: dict) -> bool:
         """Control made for the full SD U-Net, which this student cannot take as it is."""

@@ -19,8 +19,9 @@ import re
 from collections.abc import Iterable, Mapping
 
 from .errors import UnsupportedModelError, WeightsMismatchError
-from .unet_config import NO_MIDDLE, SEE_ALSO, UNetSpec, family_for_context_dim, make_unet_config
+from .unet_config import SEE_ALSO, family_for_context_dim
 from .unet_keys import check_tensors, unet_tensors
+from .unet_spec import NO_MIDDLE, UNetSpec, spec_from_unet_config
 
 LDM_PREFIX = "model.diffusion_model."
 
@@ -86,10 +87,23 @@ def _spec(shapes: Mapping[str, tuple], source, *, attention_key: str, stem: tupl
         raise UnsupportedModelError(path=source, expected=f"{family.title} attention projections",
                                     found=f"{kind} projections with {context_dim}-wide cross-attention", fix=SEE_ALSO)
     conv_in, conv_out = stem
-    unet_config = make_unet_config(in_channels=shapes[conv_in][1], out_channels=shapes[conv_out][0],
-                                   model_channels=shapes[conv_in][0], context_dim=context_dim,
-                                   use_linear_in_transformer=linear, **structure)
-    return UNetSpec(family=family, unet_config=unet_config)
+    # A block without the attention the rest of its level has is a block with missing tensors:
+    # each level takes its deepest attention, and the check of the whole tensor set names them.
+    res_blocks = structure["num_res_blocks"]
+    structure["transformer_depth"] = _deepest_per_level(structure["transformer_depth"], res_blocks)
+    structure["transformer_depth_output"] = _deepest_per_level(structure["transformer_depth_output"],
+                                                               [n + 1 for n in res_blocks])
+    unet_config = dict(in_channels=shapes[conv_in][1], out_channels=shapes[conv_out][0],
+                       model_channels=shapes[conv_in][0], **structure)  # ComfyUI's form, as its detector gives it
+    return spec_from_unet_config(family, unet_config, source)
+
+
+def _deepest_per_level(depths: list[int], blocks_per_level: list[int]) -> list[int]:
+    out = []
+    for n in blocks_per_level:
+        level, depths = depths[:n], depths[n:]
+        out += [max(level)] * n
+    return out
 
 
 def _check_middle(keys: set[str], resnet: str, attention: str, source) -> int:
@@ -236,6 +250,6 @@ def detect_unet(shapes: Mapping[str, tuple], source) -> tuple[UNetSpec, str, dic
     except (KeyError, IndexError) as e:  # a block without one of its defining tensors
         raise WeightsMismatchError(path=source, expected="complete U-Net blocks", found=f"a block without tensor {e}",
                                    fix="the file is damaged or incomplete: re-download it") from None
-    names = {t.diffusers if naming == "diffusers" else t.ldm: t.shape for t in unet_tensors(spec.unet_config)}
+    names = {t.diffusers if naming == "diffusers" else t.ldm: t.shape for t in unet_tensors(spec)}
     check_tensors(shapes, names, source, spec.describe())
     return spec, naming, renames

@@ -20,10 +20,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cache
 
-from .block_map import BlockMap, block_map
-from .unet_config import UNetSpec
+from .block_map import block_map
 from .unet_keys import unet_blocks
+from .unet_spec import UNetSpec
 
 log = logging.getLogger(__name__)
 
@@ -44,27 +45,19 @@ def _identifiers(diffusers_module: str, ldm_module: str) -> list[str]:
             f"unet.{diffusers_module}", diffusers_module, f"unet.{processor}", processor]
 
 
-_TABLES: dict[tuple[str, str], dict[str, str | None]] = {}
-
-
-def _teacher_modules(mapping: BlockMap) -> dict[str, str | None]:
+@cache
+def _teacher_modules(student: UNetSpec) -> dict[str, str | None]:
     """Every name a LoRA may use for a teacher module -> the student's LDM module, or None if removed."""
-    key = (mapping.layout, mapping.teacher.family.name)  # a known layout and family fix the structure
-    if key not in _TABLES:
-        _TABLES[key] = _build_table(mapping)
-    return _TABLES[key]
-
-
-def _build_table(mapping: BlockMap) -> dict[str, str | None]:
-    to_student = {teacher: student for student, teacher in mapping.ldm.items()}
+    mapping = block_map(student)
+    to_student = {t: s for s, t in mapping.ldm.items()}
     table: dict[str, str | None] = {}
-    for block, tensors in unet_blocks(mapping.teacher.unet_config):
+    for block, tensors in unet_blocks(mapping.teacher):
         student_block = to_student.get(block.ldm)
         for t in tensors:
             d_module, l_module = t.diffusers.rsplit(".", 1)[0], t.ldm.rsplit(".", 1)[0]
-            student = None if student_block is None else student_block + l_module[len(block.ldm):]
+            module = None if student_block is None else student_block + l_module[len(block.ldm):]
             for name in _identifiers(d_module, l_module):
-                table[name] = student
+                table[name] = module
     return table
 
 
@@ -94,9 +87,8 @@ class TransferReport:
 
 def transfer_lora(lora: Mapping, student: UNetSpec, source=None) -> tuple[dict, TransferReport]:
     """Rename a teacher LoRA for ``student``. Tensors are not copied."""
-    mapping = block_map(student, source)
-    table = _teacher_modules(mapping)
-    report = TransferReport(mapping.layout)
+    report = TransferReport(block_map(student, source).layout)  # refuses a layout without a map
+    table = _teacher_modules(student)
     out = {}
     for key, value in lora.items():
         found = _match(key, table)

@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .errors import UnsupportedModelError, WeightsMismatchError, summarize
-from .unet_config import Family
 from .unet_keys import check_tensors
+from .unet_spec import Family
 
 VOCAB, POSITIONS = 49408, 77
 

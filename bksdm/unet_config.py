@@ -1,4 +1,4 @@
-"""Derive ComfyUI's U-Net config from a diffusers ``unet/config.json``.
+"""Derive a U-Net's spec from a diffusers ``unet/config.json``.
 
 ComfyUI's own ``UNetModel`` represents every block-removed BK-SDM layout exactly (a
 per-level ``num_res_blocks``, per-block transformer depths, ``transformer_depth_middle
@@ -6,47 +6,22 @@ per-level ``num_res_blocks``, per-block transformer depths, ``transformer_depth_
 config it has never seen. This module is that way, for any SD-1.x/2.x-family
 ``UNet2DConditionModel``: the nine BK-SDM configs, Segmind's, and the full teachers.
 
-The result, :class:`UNetSpec`, holds the config in exactly the form
-``comfy.model_detection.detect_unet_config`` produces, plus the family (SD 1.x or
-2.x), which decides the text encoder and ComfyUI's model class.
+The result is a :class:`~bksdm.unet_spec.UNetSpec`: the layout as per-level facts plus
+the family (SD 1.x or 2.x), which decides the text encoder and ComfyUI's model class.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidConfigError, UnsupportedModelError
-
-
-@dataclass(frozen=True)
-class Family:
-    """An SD U-Net family: its conditioning and the attention-head convention ComfyUI uses."""
-
-    name: str
-    title: str
-    context_dim: int
-    linear_projection: bool
-    num_heads: int  # fixed head count, or -1
-    head_channels: int  # fixed head width, or -1
-    text_encoder: str
-
-    def heads_fit(self, channels: int, heads: int) -> bool:
-        if self.num_heads != -1:
-            return heads == self.num_heads
-        return heads > 0 and channels == heads * self.head_channels
-
-
-SD1 = Family("sd1", "SD 1.x", 768, False, 8, -1, "CLIP ViT-L/14")
-SD2 = Family("sd2", "SD 2.x", 1024, True, -1, 64, "OpenCLIP ViT-H/14")
-FAMILIES = {f.name: f for f in (SD1, SD2)}
+from .unet_spec import FAMILIES, Family, Level, UNetSpec
 
 DOWN_BLOCKS = {"CrossAttnDownBlock2D": True, "DownBlock2D": False}  # type -> has attention
 UP_BLOCKS = {"CrossAttnUpBlock2D": True, "UpBlock2D": False}
 MID_BLOCK = "UNetMidBlock2DCrossAttn"
-NO_MIDDLE = -2  # ComfyUI's transformer_depth_middle for "no middle block"
 
 # Config keys whose value must be the SD default, with the default. A different value
 # means a layer ComfyUI's SD U-Net does not have (or computes differently).
@@ -96,66 +71,6 @@ OTHER_ARCHITECTURES = {
 SEE_ALSO = "load it with ComfyUI's own loaders (Load Checkpoint / Load Diffusion Model)"
 
 
-@dataclass(frozen=True)
-class UNetSpec:
-    """What ComfyUI needs to build a U-Net: its family and its ``UNetModel`` config."""
-
-    family: Family
-    unet_config: dict
-    resolution: int | None = None  # native image size, from the config's sample_size
-
-    @property
-    def levels(self) -> int:
-        return len(self.unet_config["channel_mult"])
-
-    @property
-    def has_middle(self) -> bool:
-        return self.unet_config["transformer_depth_middle"] != NO_MIDDLE
-
-    def describe(self) -> str:
-        c = self.unet_config
-        middle = "no middle block" if not self.has_middle else "middle block"
-        return (
-            f"{self.family.title} U-Net, {self.levels} levels, "
-            f"res blocks per level {c['num_res_blocks']}, {middle}"
-        )
-
-
-def make_unet_config(
-    *,
-    in_channels: int,
-    out_channels: int,
-    model_channels: int,
-    channel_mult: list[int],
-    num_res_blocks: list[int],
-    transformer_depth: list[int],
-    transformer_depth_output: list[int],
-    transformer_depth_middle: int,
-    context_dim: int,
-    use_linear_in_transformer: bool,
-) -> dict:
-    """ComfyUI's U-Net config, keyed and ordered as ``detect_unet_config`` returns it."""
-    return {
-        "use_checkpoint": False,
-        "image_size": 32,
-        "use_spatial_transformer": True,
-        "legacy": False,
-        "adm_in_channels": None,
-        "in_channels": in_channels,
-        "out_channels": out_channels,
-        "model_channels": model_channels,
-        "num_res_blocks": list(num_res_blocks),
-        "transformer_depth": list(transformer_depth),
-        "transformer_depth_output": list(transformer_depth_output),
-        "channel_mult": list(channel_mult),
-        "transformer_depth_middle": transformer_depth_middle,
-        "use_linear_in_transformer": use_linear_in_transformer,
-        "context_dim": context_dim,
-        "use_temporal_resblock": False,
-        "use_temporal_attention": False,
-    }
-
-
 def read_config(path: str | os.PathLike) -> dict:
     """Read a JSON config, turning every way it can be wrong into one clear error."""
     try:
@@ -198,20 +113,19 @@ def spec_from_diffusers_config(config: dict, source: str | os.PathLike | None = 
         _unsupported_value(config, "cross_attention_dim", "one integer", source)
     family = family_for_context_dim(context_dim, source)
     channels = _int_list(config, "block_out_channels", source)
-    levels = len(channels)
-    down_types = _str_list(config, "down_block_types", levels, source)
-    up_types = _str_list(config, "up_block_types", levels, source)
+    n_levels = len(channels)
+    down_types = _str_list(config, "down_block_types", n_levels, source)
+    up_types = _str_list(config, "up_block_types", n_levels, source)
     down_attention = [_block_has_attention(t, DOWN_BLOCKS, "down_block_types", source) for t in down_types]
     up_attention = [_block_has_attention(t, UP_BLOCKS, "up_block_types", source) for t in up_types]
-    num_res_blocks = _per_level(config, "layers_per_block", levels, source, default=2)
-    transformer_layers = _per_level(config, "transformer_layers_per_block", levels, source, default=1)
+    num_res_blocks = _per_level(config, "layers_per_block", n_levels, source, default=2)
+    transformer_layers = _per_level(config, "transformer_layers_per_block", n_levels, source, default=1)
     for key, value in SD_DEFAULTS.items():
         _check_default(config, key, value, source)
     if any(_as_list(config.get("only_cross_attention", False))):
         _unsupported_value(config, "only_cross_attention", "false", source)
 
-    model_channels = channels[0]
-    if any(c % model_channels for c in channels):
+    if any(c % channels[0] for c in channels):
         raise UnsupportedModelError(path=source, expected="block_out_channels that are multiples of the first",
                                     found=f"block_out_channels {channels}",
                                     fix="this is not an SD-family U-Net; " + SEE_ALSO)
@@ -228,36 +142,20 @@ def spec_from_diffusers_config(config: dict, source: str | os.PathLike | None = 
                            f"{json.dumps(family.linear_projection)} for an {family.title} U-Net", source)
 
     middle = _middle_depth(config, transformer_layers[-1], source)
-    if not any(down_attention) and not any(up_attention) and middle == NO_MIDDLE:
+    if not any(down_attention) and not any(up_attention) and middle is None:
         raise UnsupportedModelError(path=source, expected="an SD U-Net with cross-attention (text conditioning)",
                                     found="no CrossAttn blocks and no middle block", fix=SEE_ALSO)
-    _check_heads(config, family, channels, down_attention, up_attention, middle != NO_MIDDLE, source)
+    _check_heads(config, family, channels, down_attention, up_attention, middle is not None, source)
 
-    transformer_depth = []
-    for level in range(levels):
-        depth = transformer_layers[level] if down_attention[level] else 0
-        transformer_depth += [depth] * num_res_blocks[level]
-    transformer_depth_output = []
-    for level in range(levels):  # ComfyUI lists output depths level by level, shallowest first
-        up_block = levels - 1 - level
-        depth = transformer_layers[level] if up_attention[up_block] else 0
-        transformer_depth_output += [depth] * (num_res_blocks[level] + 1)
-
-    unet_config = make_unet_config(
-        in_channels=in_channels,
-        out_channels=out_channels,
-        model_channels=model_channels,
-        channel_mult=[c // model_channels for c in channels],
-        num_res_blocks=num_res_blocks,
-        transformer_depth=transformer_depth,
-        transformer_depth_output=transformer_depth_output,
-        transformer_depth_middle=middle,
-        context_dim=context_dim,
-        use_linear_in_transformer=linear,
-    )
+    levels = tuple(
+        Level(channels=channels[level], res_blocks=num_res_blocks[level],
+              down_depth=transformer_layers[level] if down_attention[level] else 0,
+              up_depth=transformer_layers[level] if up_attention[n_levels - 1 - level] else 0)
+        for level in range(n_levels))
     sample_size = config.get("sample_size")
     resolution = sample_size * 8 if isinstance(sample_size, int) else None
-    return UNetSpec(family=family, unet_config=unet_config, resolution=resolution)
+    return UNetSpec(family=family, levels=levels, middle_depth=middle,
+                    in_channels=in_channels, out_channels=out_channels, resolution=resolution)
 
 
 def spec_from_config_file(path: str | os.PathLike) -> UNetSpec:
@@ -340,11 +238,11 @@ def _per_level(config: dict, key: str, levels: int, source, default: int) -> lis
     return values
 
 
-def _middle_depth(config: dict, depth: int, source) -> int:
+def _middle_depth(config: dict, depth: int, source) -> int | None:
     # diffusers: an absent key means the default middle block, null means none.
     mid_type = config.get("mid_block_type", MID_BLOCK)
     if mid_type is None:
-        return NO_MIDDLE
+        return None
     if mid_type != MID_BLOCK:
         _unsupported_value(config, "mid_block_type", f"'{MID_BLOCK}' or null", source)
     return depth

@@ -1,10 +1,11 @@
 """Every tensor of an SD-family U-Net, under both of its names.
 
-:func:`unet_tensors` walks a ComfyUI U-Net config block by block, in the order
-ComfyUI's ``UNetModel`` builds them, and yields each tensor's diffusers name, its
-ComfyUI/LDM name and its shape. That one walk is the key map, the validator (the exact
-set of tensors a layout must have) and the parameter counter; nothing else in the pack
-spells out U-Net key names.
+:func:`unet_blocks` walks a U-Net spec block by block, in the order ComfyUI's
+``UNetModel`` builds them, and gives each block its place in the structure and each
+tensor its diffusers name, its ComfyUI/LDM name and its shape. That one walk is the key
+map, the validator (the exact set of tensors a layout must have), the parameter counter
+and what the block map is built from; nothing else in the pack spells out U-Net key
+names. Results are cached on the spec, a frozen value.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 from .errors import WeightsMismatchError, summarize
-from .unet_config import NO_MIDDLE
+from .unet_spec import UNetSpec
 
 MIDDLE = ("middle", 0)  # ComfyUI's address of the middle block, also where a removed one stood
 
@@ -39,12 +40,20 @@ class UNetTensor:
 
 @dataclass(frozen=True)
 class Block:
-    """One module of the U-Net under both names, e.g. the student's 'up_blocks.1.resnets.1'."""
+    """One module of the U-Net under both names, e.g. the student's 'up_blocks.1.resnets.1', and
+    its place in the structure: ``("up", 1, "resnet", 1)`` for that one."""
 
     diffusers: str
     ldm: str
     kind: str  # "resnet" | "attention" | "downsampler" | "upsampler" | "stem"
+    path: str  # "stem" | "down" | "mid" | "up"
+    stage: int  # diffusers' down_blocks.N / up_blocks.N (0 on the stem and the middle block)
+    index: int  # position among the stage's blocks of its kind
     address: tuple[str, int] | None = None  # ComfyUI's transformer_options["block"] while it runs
+
+    @property
+    def position(self) -> tuple[str, int, str, int]:
+        return self.path, self.stage, self.kind, self.index
 
 
 def _resnet(d: str, ldm: str, cin: int, cout: int, emb: int) -> Iterator[UNetTensor]:
@@ -88,93 +97,88 @@ def _conv(d: str, ldm: str, cin: int, cout: int, k: int = 3) -> Iterator[UNetTen
     yield UNetTensor(f"{d}.bias", f"{ldm}.bias", (cout,))
 
 
-def unet_blocks(unet_config: dict) -> Iterator[tuple[Block, list[UNetTensor]]]:
-    """Yield each module of the U-Net with its tensors, in ComfyUI's construction order."""
-    c = unet_config
-    mc, levels = c["model_channels"], len(c["channel_mult"])
-    emb, ctx, linear = 4 * mc, c["context_dim"], c["use_linear_in_transformer"]
-    depth_in, depth_out = list(c["transformer_depth"]), list(c["transformer_depth_output"])
+@cache
+def unet_blocks(spec: UNetSpec) -> tuple[tuple[Block, tuple[UNetTensor, ...]], ...]:
+    """Each module of the U-Net with its tensors, in ComfyUI's construction order."""
+    return tuple((block, tuple(tensors)) for block, tensors in _walk(spec))
 
-    stem = [UNetTensor("time_embedding.linear_1.weight", "time_embed.0.weight", (emb, mc)),
-            UNetTensor("time_embedding.linear_1.bias", "time_embed.0.bias", (emb,)),
-            UNetTensor("time_embedding.linear_2.weight", "time_embed.2.weight", (emb, emb)),
-            UNetTensor("time_embedding.linear_2.bias", "time_embed.2.bias", (emb,))]
-    yield Block("time_embedding", "time_embed", "stem"), stem
-    yield Block("conv_in", "input_blocks.0.0", "stem", ("input", 0)), \
-        list(_conv("conv_in", "input_blocks.0.0", c["in_channels"], mc))
+
+def _walk(spec: UNetSpec) -> Iterator[tuple[Block, Iterator[UNetTensor]]]:
+    mc, levels = spec.model_channels, spec.levels
+    emb, ctx, linear = 4 * mc, spec.family.context_dim, spec.family.linear_projection
+
+    yield Block("time_embedding", "time_embed", "stem", "stem", 0, 0), (
+        UNetTensor("time_embedding.linear_1.weight", "time_embed.0.weight", (emb, mc)),
+        UNetTensor("time_embedding.linear_1.bias", "time_embed.0.bias", (emb,)),
+        UNetTensor("time_embedding.linear_2.weight", "time_embed.2.weight", (emb, emb)),
+        UNetTensor("time_embedding.linear_2.bias", "time_embed.2.bias", (emb,)))
+    yield Block("conv_in", "input_blocks.0.0", "stem", "stem", 0, 1, ("input", 0)), \
+        _conv("conv_in", "input_blocks.0.0", spec.in_channels, mc)
 
     ch, skips, n = mc, [mc], 1
-    for level, mult in enumerate(c["channel_mult"]):
-        for i in range(c["num_res_blocks"][level]):
-            d, ldm, cout = f"down_blocks.{level}.resnets.{i}", f"input_blocks.{n}.0", mult * mc
-            yield Block(d, ldm, "resnet", ("input", n)), list(_resnet(d, ldm, ch, cout, emb))
-            ch = cout
-            depth = depth_in.pop(0)
-            if depth:
-                d, ldm = f"down_blocks.{level}.attentions.{i}", f"input_blocks.{n}.1"
-                yield Block(d, ldm, "attention", ("input", n)), list(_attention(d, ldm, ch, depth, ctx, linear))
+    for lvl, level in enumerate(levels):
+        for i in range(level.res_blocks):
+            d, ldm = f"down_blocks.{lvl}.resnets.{i}", f"input_blocks.{n}.0"
+            yield Block(d, ldm, "resnet", "down", lvl, i, ("input", n)), _resnet(d, ldm, ch, level.channels, emb)
+            ch = level.channels
+            if level.down_depth:
+                d, ldm = f"down_blocks.{lvl}.attentions.{i}", f"input_blocks.{n}.1"
+                yield Block(d, ldm, "attention", "down", lvl, i, ("input", n)), \
+                    _attention(d, ldm, ch, level.down_depth, ctx, linear)
             skips.append(ch)
             n += 1
-        if level != levels - 1:
-            d, ldm = f"down_blocks.{level}.downsamplers.0.conv", f"input_blocks.{n}.0.op"
-            yield Block(d, ldm, "downsampler", ("input", n)), list(_conv(d, ldm, ch, ch))
+        if lvl != len(levels) - 1:
+            d, ldm = f"down_blocks.{lvl}.downsamplers.0.conv", f"input_blocks.{n}.0.op"
+            yield Block(d, ldm, "downsampler", "down", lvl, 0, ("input", n)), _conv(d, ldm, ch, ch)
             skips.append(ch)
             n += 1
 
-    middle = c["transformer_depth_middle"]
-    if middle != NO_MIDDLE:
-        yield Block("mid_block.resnets.0", "middle_block.0", "resnet", MIDDLE), \
-            list(_resnet("mid_block.resnets.0", "middle_block.0", ch, ch, emb))
-        if middle > 0:
-            yield Block("mid_block.attentions.0", "middle_block.1", "attention", MIDDLE), \
-                list(_attention("mid_block.attentions.0", "middle_block.1", ch, middle, ctx, linear))
-        yield Block("mid_block.resnets.1", "middle_block.2", "resnet", MIDDLE), \
-            list(_resnet("mid_block.resnets.1", "middle_block.2", ch, ch, emb))
+    if spec.has_middle:
+        yield Block("mid_block.resnets.0", "middle_block.0", "resnet", "mid", 0, 0, MIDDLE), \
+            _resnet("mid_block.resnets.0", "middle_block.0", ch, ch, emb)
+        if spec.middle_depth:
+            yield Block("mid_block.attentions.0", "middle_block.1", "attention", "mid", 0, 0, MIDDLE), \
+                _attention("mid_block.attentions.0", "middle_block.1", ch, spec.middle_depth, ctx, linear)
+        yield Block("mid_block.resnets.1", "middle_block.2", "resnet", "mid", 0, 1, MIDDLE), \
+            _resnet("mid_block.resnets.1", "middle_block.2", ch, ch, emb)
 
     n = 0
-    for level in reversed(range(levels)):
-        up = levels - 1 - level
-        for i in range(c["num_res_blocks"][level] + 1):
-            d, ldm, cout = f"up_blocks.{up}.resnets.{i}", f"output_blocks.{n}.0", c["channel_mult"][level] * mc
-            yield Block(d, ldm, "resnet", ("output", n)), list(_resnet(d, ldm, ch + skips.pop(), cout, emb))
-            ch, slot = cout, 1
-            depth = depth_out.pop()
-            if depth:
+    for up in range(len(levels)):
+        level = spec.up_level(up)
+        for i in range(level.res_blocks + 1):
+            d, ldm = f"up_blocks.{up}.resnets.{i}", f"output_blocks.{n}.0"
+            yield Block(d, ldm, "resnet", "up", up, i, ("output", n)), \
+                _resnet(d, ldm, ch + skips.pop(), level.channels, emb)
+            ch, slot = level.channels, 1
+            if level.up_depth:
                 d, ldm = f"up_blocks.{up}.attentions.{i}", f"output_blocks.{n}.1"
-                yield Block(d, ldm, "attention", ("output", n)), list(_attention(d, ldm, ch, depth, ctx, linear))
+                yield Block(d, ldm, "attention", "up", up, i, ("output", n)), \
+                    _attention(d, ldm, ch, level.up_depth, ctx, linear)
                 slot = 2
-            if level and i == c["num_res_blocks"][level]:
+            if up != len(levels) - 1 and i == level.res_blocks:
                 d, ldm = f"up_blocks.{up}.upsamplers.0.conv", f"output_blocks.{n}.{slot}.conv"
-                yield Block(d, ldm, "upsampler", ("output", n)), list(_conv(d, ldm, ch, ch))
+                yield Block(d, ldm, "upsampler", "up", up, 0, ("output", n)), _conv(d, ldm, ch, ch)
             n += 1
 
-    out = [UNetTensor("conv_norm_out.weight", "out.0.weight", (mc,)),
-           UNetTensor("conv_norm_out.bias", "out.0.bias", (mc,)),
-           *_conv("conv_out", "out.2", mc, c["out_channels"])]
-    yield Block("conv_out", "out", "stem"), out
+    yield Block("conv_out", "out", "stem", "stem", 0, 2), (
+        UNetTensor("conv_norm_out.weight", "out.0.weight", (mc,)),
+        UNetTensor("conv_norm_out.bias", "out.0.bias", (mc,)),
+        *_conv("conv_out", "out.2", mc, spec.out_channels))
 
 
-def _freeze(unet_config: dict) -> tuple:
-    return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(unet_config.items()))
+@cache
+def unet_tensors(spec: UNetSpec) -> tuple[UNetTensor, ...]:
+    """All tensors of the U-Net, in construction order."""
+    return tuple(t for _, tensors in unet_blocks(spec) for t in tensors)
 
 
-@lru_cache(maxsize=32)
-def _tensors(frozen_config: tuple) -> tuple[UNetTensor, ...]:
-    config = {k: list(v) if isinstance(v, tuple) else v for k, v in frozen_config}
-    return tuple(t for _, tensors in unet_blocks(config) for t in tensors)
+@cache
+def parameter_count(spec: UNetSpec) -> int:
+    return sum(math.prod(t.shape) for t in unet_tensors(spec))
 
 
-def unet_tensors(unet_config: dict) -> tuple[UNetTensor, ...]:
-    """All tensors of the U-Net a ComfyUI config describes (cached: configs repeat)."""
-    return _tensors(_freeze(unet_config))
-
-
-def parameter_count(unet_config: dict) -> int:
-    return sum(math.prod(t.shape) for t in unet_tensors(unet_config))
-
-
-def diffusers_to_ldm(unet_config: dict) -> dict[str, str]:
-    return {t.diffusers: t.ldm for t in unet_tensors(unet_config)}
+def diffusers_to_ldm(spec: UNetSpec) -> dict[str, str]:
+    return {t.diffusers: t.ldm for t in unet_tensors(spec)}
 
 
 def check_tensors(found: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]],
@@ -200,12 +204,12 @@ def check_tensors(found: Mapping[str, tuple[int, ...]], expected: Mapping[str, t
         "or check that config.json and the weights come from the same model")
 
 
-def check_diffusers_unet(shapes: Mapping[str, tuple[int, ...]], unet_config: dict, source, layout: str) -> None:
-    check_tensors(shapes, {t.diffusers: t.shape for t in unet_tensors(unet_config)}, source, layout)
+def check_diffusers_unet(shapes: Mapping[str, tuple[int, ...]], spec: UNetSpec, source, layout: str) -> None:
+    check_tensors(shapes, {t.diffusers: t.shape for t in unet_tensors(spec)}, source, layout)
 
 
-def convert_diffusers_unet(state_dict: Mapping, unet_config: dict, source, layout: str) -> dict:
+def convert_diffusers_unet(state_dict: Mapping, spec: UNetSpec, source, layout: str) -> dict:
     """Rename a diffusers U-Net state dict to ComfyUI's names, failing on any missing,
     unexpected or misshapen tensor. Tensors are not copied."""
-    check_diffusers_unet({k: tuple(v.shape) for k, v in state_dict.items()}, unet_config, source, layout)
-    return {t.ldm: state_dict[t.diffusers] for t in unet_tensors(unet_config)}
+    check_diffusers_unet({k: tuple(v.shape) for k, v in state_dict.items()}, spec, source, layout)
+    return {t.ldm: state_dict[t.diffusers] for t in unet_tensors(spec)}

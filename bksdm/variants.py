@@ -8,8 +8,11 @@ request, it never redistributes them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
-from .unet_config import NO_MIDDLE, UNetSpec
+from .unet_spec import Family, Level, UNetSpec
+
+SD_CHANNELS = (320, 640, 1280, 1280)  # every SD 1.x/2.x U-Net's level widths
 
 
 @dataclass(frozen=True)
@@ -20,6 +23,13 @@ class Layout:
     num_res_blocks: tuple[int, ...]
     middle: bool
     summary: str
+
+    def spec(self, family: Family) -> UNetSpec:
+        """This layout's U-Net in ``family``, with SD's widths and SD's attention pattern:
+        cross-attention on every level but the lowest of four."""
+        levels = tuple(Level(SD_CHANNELS[lvl], res_blocks, int(lvl < 3), int(lvl < 3))
+                       for lvl, res_blocks in enumerate(self.num_res_blocks))
+        return UNetSpec(family=family, levels=levels, middle_depth=1 if self.middle else None)
 
 
 LAYOUTS = {
@@ -33,22 +43,15 @@ LAYOUTS = {
 }
 
 
+@cache
 def classify_layout(spec: UNetSpec) -> str:
     """The layout name of a U-Net ('base', 'small', 'tiny', 'teacher') or 'custom'."""
-    c = spec.unet_config
-    for layout in LAYOUTS.values():
-        levels = len(layout.num_res_blocks)
-        # The SD attention pattern: cross-attention on every level but the lowest of four.
-        attention = [1] * 3 + [0] * (levels - 3)
-        if (tuple(c["num_res_blocks"]) == layout.num_res_blocks
-                and (c["transformer_depth_middle"] != NO_MIDDLE) == layout.middle
-                and c["channel_mult"] == [1, 2, 4, 4][:levels] and c["model_channels"] == 320
-                and c["transformer_depth"] == [d for d, r in zip(attention, layout.num_res_blocks, strict=True)
-                                               for _ in range(r)]
-                and c["transformer_depth_output"] == [d for d, r in zip(attention, layout.num_res_blocks, strict=True)
-                                                      for _ in range(r + 1)]):
-            return layout.name
-    return "custom"
+    return next((layout.name for layout in LAYOUTS.values() if spec == layout.spec(spec.family)), "custom")
+
+
+def teacher_spec(student: UNetSpec) -> UNetSpec:
+    """The full SD U-Net of the student's family (SD-v1.4/1.5 or SD-v2.x)."""
+    return LAYOUTS["teacher"].spec(student.family)
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,6 @@ import logging
 import sys
 from pathlib import Path
 
-from bksdm.errors import BKSDMError
-
 from . import comfy_host
 
 log = logging.getLogger("bksdm.convert")
@@ -37,7 +35,7 @@ def main(argv=None) -> int:
     try:
         folder = host.pack_module("bksdm.pipeline").open_model_folder(str(args.folder))
         host.pack_module("nodes.convert").write_checkpoint(folder, str(args.output), args.precision)
-    except (pack_errors, BKSDMError, OSError) as e:
+    except (pack_errors, OSError) as e:
         log.error("convert failed: %s", e)
         return 1
     return 0

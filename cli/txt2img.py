@@ -22,9 +22,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bksdm import variants
-from bksdm.errors import BKSDMError
-
 from . import comfy_host
 from .workflow import WorkflowError, nodes_of_type, only_node_of_type, to_api_prompt
 
@@ -59,11 +56,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _family_of_local_model(path: Path) -> str | None:
-    from bksdm import components, pipeline
-
+    components = comfy_host.pack_module("bksdm.components")
+    errors = comfy_host.pack_module("bksdm.errors")
+    pipeline = comfy_host.pack_module("bksdm.pipeline")
     try:
         spec = components.read_unet_spec(pipeline.open_model_folder(str(path)))
-    except BKSDMError:
+    except errors.BKSDMError:
         return None
     return spec.family.name if spec else None
 
@@ -126,10 +124,10 @@ def run_local(args) -> bytes:
 def resolve_local_model(model: str, folder_paths, weight_dtype: str | None = None) -> tuple[str, str | None]:
     """The loader's folder name for ``model`` and its family: a path is exposed as one more
     diffusers folder; a registry name that is not there yet is downloaded first."""
-    from bksdm import pipeline
-    from bksdm.download import download_model
-    from bksdm.errors import ModelNotFoundError
-
+    download = comfy_host.pack_module("bksdm.download")
+    errors = comfy_host.pack_module("bksdm.errors")
+    pipeline = comfy_host.pack_module("bksdm.pipeline")
+    variants = comfy_host.pack_module("bksdm.variants")
     path = Path(model).expanduser()
     if path.is_dir():
         folder_paths.add_model_folder_path("diffusers", str(path.resolve().parent))
@@ -139,12 +137,12 @@ def resolve_local_model(model: str, folder_paths, weight_dtype: str | None = Non
     name = variant.folder_name if variant else model
     try:
         folder = pipeline.resolve_model_folder(name, roots)
-    except ModelNotFoundError:
+    except errors.ModelNotFoundError:
         if variant is None:
             raise
         log.info("%s is not in %s: downloading it", variant.repo_id, roots[0])
         weights = "fp32" if weight_dtype in ("fp32", "bf16") else "fp16"
-        folder = pipeline.open_model_folder(download_model(variant.repo_id, roots[0], weights=weights))
+        folder = pipeline.open_model_folder(download.download_model(variant.repo_id, roots[0], weights=weights))
     return name, _family_of_local_model(Path(folder.path))
 
 
@@ -152,7 +150,7 @@ def run_remote(args) -> bytes:
     from .remote import RemoteComfy
 
     server = RemoteComfy(args.server)
-    variant = variants.find_variant(args.model)
+    variant = comfy_host.pack_module("bksdm.variants").find_variant(args.model)
     name = variant.folder_name if variant else args.model
     workflow = json.loads(choose_workflow(args, variant.family if variant else None).read_text(encoding="utf-8"))
     outputs = server.run(build_prompt(workflow, server.node_info, args, name))
@@ -162,9 +160,10 @@ def run_remote(args) -> bytes:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    pack_errors = comfy_host.pack_module("bksdm.errors").BKSDMError
     try:
         png = run_remote(args) if args.server else run_local(args)
-    except (BKSDMError, comfy_host.HostError, WorkflowError, OSError) as e:
+    except (pack_errors, comfy_host.HostError, WorkflowError, OSError) as e:
         log.error("txt2img failed: %s", e)
         return 1
     output = Path(args.output)

@@ -24,8 +24,8 @@ import torch
 
 from ..bksdm.components import UNetWeights
 from ..bksdm.errors import UnsupportedModelError
-from ..bksdm.unet_config import FAMILIES, UNetSpec
 from ..bksdm.unet_keys import parameter_count
+from ..bksdm.unet_spec import FAMILIES, UNetSpec, spec_from_unet_config
 from .cpu import compute_in_bf16, prefer_sdpa
 
 MODEL_CLASSES = {"sd1": comfy.supported_models.SD15, "sd2": comfy.supported_models.SD20}
@@ -50,7 +50,7 @@ def unet_dtype(weight_dtype: str, spec: UNetSpec) -> torch.dtype:
     if chosen is not None:
         return chosen
     supported = MODEL_CLASSES[spec.family.name].supported_inference_dtypes
-    return comfy.model_management.unet_dtype(model_params=parameter_count(spec.unet_config),
+    return comfy.model_management.unet_dtype(model_params=parameter_count(spec),
                                              supported_dtypes=supported)
 
 
@@ -126,7 +126,7 @@ def spec_of(model) -> UNetSpec:
     model_config = model.model.model_config
     for family, model_class in MODEL_CLASSES.items():
         if type(model_config) is model_class:
-            return UNetSpec(family=FAMILIES[family], unet_config=model_config.unet_config)
+            return spec_from_unet_config(FAMILIES[family], model_config.unet_config)
     raise UnsupportedModelError(path=None, expected="an SD 1.x or SD 2.x MODEL (for example from a BK-SDM loader)",
                                 found=f"a {type(model_config).__name__} model",
                                 fix="connect a BK-SDM or SD 1.x/2.x model")

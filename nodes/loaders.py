@@ -90,7 +90,7 @@ def load_folder(folder: pipeline.ModelFolder, weight_dtype: str, prediction: str
 
 
 def _log_loaded(name: str, unet: components.UNetWeights, dtype, prediction: str) -> None:
-    params = parameter_count(unet.spec.unet_config) / 1e6
+    params = parameter_count(unet.spec) / 1e6
     log.info("BK-SDM: loaded %s: %s layout, %s, %.1f M parameters, %s from %s, %s",
              name, classify_layout(unet.spec), unet.spec.family.title, params, dtype,
              os.path.basename(unet.source), prediction)

@@ -30,8 +30,8 @@ import comfy.patcher_extension
 from ..bksdm.addresses import Address, AttentionSite, TeacherAddresses, teacher_addresses
 from ..bksdm.controlnet import DEFAULT_ALIGNMENT, ControlRemap, skip_count
 from ..bksdm.errors import PatchMisfitError, UnsupportedModelError
-from ..bksdm.unet_config import UNetSpec
 from ..bksdm.unet_keys import MIDDLE
+from ..bksdm.unet_spec import UNetSpec
 from ..bksdm.variants import classify_layout
 
 log = logging.getLogger(__name__)

@@ -8,8 +8,7 @@ one the run stops before any test, saying how to get one; no test skips for want
 from __future__ import annotations
 
 import atexit
-import importlib
-import importlib.util
+import pkgutil
 import shutil
 import sys
 import tempfile
@@ -31,6 +30,13 @@ COMFY_ARGS = ["--cpu", "--fp32-text-enc", "--output-directory", OUTPUT_DIR, "--i
 HOST_PATH = comfy_host.find_comfyui()
 if HOST_PATH is not None:
     comfy_host.configure(HOST_PATH, COMFY_ARGS)
+    # The tests import the core as ``bksdm``: that name is bound to the pack's one copy, the one
+    # ComfyUI's nodes use (imported under ComfyUI's name for the pack), so no test hands one
+    # copy's objects to another copy's code, as the commands never do either.
+    _core = comfy_host.pack_module("bksdm")
+    sys.modules["bksdm"] = _core
+    for _module in pkgutil.iter_modules(_core.__path__):
+        sys.modules[f"bksdm.{_module.name}"] = comfy_host.pack_module(f"bksdm.{_module.name}")
 
 
 def pytest_configure(config):
@@ -78,15 +84,9 @@ def thirdparty(host):
 
 @pytest.fixture(scope="session")
 def pack(comfy):
-    """This repository imported as a package, the way ComfyUI imports a node pack."""
-    if "bksdm_pack" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("bksdm_pack", REPO / "__init__.py",
-                                                      submodule_search_locations=[str(REPO)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["bksdm_pack"] = module
-        spec.loader.exec_module(module)
-    importlib.import_module("bksdm_pack.nodes.build")
-    return sys.modules["bksdm_pack"]
+    """A module of this pack by name (``pack("nodes.build")``), under the name ComfyUI's custom-node
+    loader gives the pack: the modules the host's nodes use, whichever of the two imports them first."""
+    return comfy_host.pack_module
 
 
 @pytest.fixture

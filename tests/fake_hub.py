@@ -28,8 +28,9 @@ import socket
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+from random_models import UNET_CONFIGS
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt")  # as the repos' .gitattributes send them to LFS
 
@@ -284,9 +285,6 @@ class _Server(ThreadingHTTPServer):
 
 # -- a nota-ai-shaped repo with tiny files ----------------------------------------------------
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-
-
 def _tensors(seed: int, count: int, dtype: str) -> bytes:
     """A small, valid safetensors file."""
     import numpy as np
@@ -338,7 +336,7 @@ def bk_sdm_repo(*, fp16: bool = True, text_encoder_fp16_only: bool = False, safe
         "tokenizer/special_tokens_map.json": js({"bos_token": "<|startoftext|>"}),
         "tokenizer/tokenizer_config.json": js({"model_max_length": 77}),
         "tokenizer/vocab.json": js({"a": 0}),
-        "unet/config.json": (FIXTURES / "unet_configs" / "v1_bk_small.json").read_bytes(),
+        "unet/config.json": (UNET_CONFIGS / "v1_bk_small.json").read_bytes(),
         "unet/diffusion_pytorch_model.bin": b"PK\x03\x04 pickled unet" * 40,
         "unet/diffusion_pytorch_model.safetensors": _tensors(2, 32768, "float32"),
         "vae/config.json": js(vae),

@@ -125,6 +125,16 @@ def test_a_pickle_that_would_run_code_is_refused_and_never_runs(tmp_path, legacy
     pickle.loads(pickle.dumps(raised.value))  # the error itself crosses process boundaries intact
 
 
+def test_errors_take_their_four_fields_by_name_and_keep_them_across_processes():
+    with pytest.raises(TypeError):
+        UnsupportedModelError("a.safetensors", "x", "y", "z")  # positional fields are easy to swap: refused
+    error = UnsupportedModelError(path="a.safetensors", expected="x", found="y", fix="z")
+    crossed = pickle.loads(pickle.dumps(error))
+    assert (type(crossed), crossed.path, crossed.expected, crossed.found, crossed.fix) == (
+        UnsupportedModelError, "a.safetensors", "x", "y", "z")
+    assert str(crossed) == str(error)
+
+
 def test_a_plain_tensor_pickle_still_loads(tmp_path):
     path = tmp_path / "pytorch_model.bin"
     torch.save({"state_dict": {"w": torch.ones(3)}}, path)
@@ -286,7 +296,7 @@ def test_single_file_loader_refuses_what_it_cannot_load(kind, host, tmp_path_fac
 
         spec = spec_from_diffusers_config(unet_config("v1_bk_tiny"))
         tensors = {f"model.diffusion_model.{t.ldm}": torch.empty(t.shape, dtype=torch.float16)
-                   for t in unet_tensors(spec.unet_config)}
+                   for t in unet_tensors(spec)}
     name = f"{kind.replace(' ', '-')}.safetensors"
     save_file(tensors, str(root / name))
     errors = host.pack_module("bksdm.errors")
@@ -304,8 +314,9 @@ def test_adapters_refuse_models_they_cannot_map(host, sd1_pipeline):
                                                    prediction="auto").args[0]
     errors = host.pack_module("bksdm.errors")
     custom = model.clone()
-    custom.model.model_config = comfy.supported_models.SD15(dict(model.model.model_config.unet_config,
-                                                                 num_res_blocks=[3, 3, 3, 3]))
+    custom.model.model_config = comfy.supported_models.SD15(dict(  # three res blocks per level
+        model.model.model_config.unet_config, num_res_blocks=[3, 3, 3, 3], transformer_depth=[1] * 9 + [0] * 3,
+        transformer_depth_output=[1] * 12 + [0] * 4))
     with pytest.raises(errors.UnsupportedModelError, match="custom layout"):
         _node(host, "BKSDMControlNetAdapter").execute(model=custom, alignment="stage_output")
     custom.model.model_config = model.model.model_config  # the clone shares the model: put it back

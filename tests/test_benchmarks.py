@@ -1,9 +1,12 @@
-"""The GPU benchmark's code path, on the CPU at a tiny size (``--smoke``): it runs to the end on
-this ComfyUI, with one ComfyUI process per DynamicVRAM setting where the release has it.
-What it measures belongs in BENCHMARKS.md, not here: nothing is timed."""
+"""The benchmarks' code paths, each at its smallest (``--smoke``): it runs to the end on this
+ComfyUI and reports complete rows. What they measure belongs in BENCHMARKS.md, not here:
+nothing is timed, and no timing is asserted on."""
 
 import json
+import math
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,13 +19,23 @@ pytestmark = pytest.mark.host
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_gpu_benchmark_smoke_runs_each_dynamic_vram_setting(tmp_path):
-    comfy = comfy_host.find_comfyui()
-    run = subprocess.run([sys.executable, "benchmarks/gpu.py", "--smoke", "--workdir", str(tmp_path / "work"),
-                          "--out", str(tmp_path / "out"), "--comfyui", str(comfy)],
+def run_smoke(script: str, *args: str) -> subprocess.CompletedProcess:
+    run = subprocess.run([sys.executable, f"benchmarks/{script}", "--smoke", "--comfyui",
+                          str(comfy_host.find_comfyui()), *args],
                          cwd=REPO, capture_output=True, text=True, timeout=900,
                          env={k: v for k, v in os.environ.items() if k != "OUT"})
     assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
+def raw_results(run: subprocess.CompletedProcess) -> Path:
+    """The JSON file the report's last line names."""
+    return Path(re.search(r"^raw results: (.+)$", run.stdout, re.M)[1])
+
+
+def test_gpu_benchmark_smoke_runs_each_dynamic_vram_setting(tmp_path):
+    comfy = comfy_host.find_comfyui()
+    run = run_smoke("gpu.py", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out"))
     rows = json.loads((tmp_path / "out" / "gpu-results.json").read_text())["rows"]
     has_dynamic_vram = "--disable-dynamic-vram" in (comfy / "comfy" / "cli_args.py").read_text()
     settings = {r["dynamic_vram"] for r in rows if r["framework"] == "ComfyUI"}
@@ -30,3 +43,36 @@ def test_gpu_benchmark_smoke_runs_each_dynamic_vram_setting(tmp_path):
     assert {r["framework"] for r in rows} == {"ComfyUI", "diffusers"}
     assert all(r["finite"] and r["its"] > 0 for r in rows)
     assert "| DynamicVRAM (patcher) |" in run.stdout
+
+
+def test_load_benchmark_smoke_loads_the_same_files_with_both_loaders():
+    run = run_smoke("load.py")  # in a temporary workdir: the random pipeline's gigabytes are gone at the end
+    results = raw_results(run)
+    workdir = results.parents[1]
+    summary = json.loads(results.read_text())["summary"]
+    assert not (workdir / "diffusers").exists()
+    shutil.rmtree(workdir)
+    assert set(summary) == {"sd1-tiny fp16 pack", "sd1-tiny fp16 diffusers"}
+    fp16_files = {"unet/diffusion_pytorch_model.fp16.safetensors", "text_encoder/model.fp16.safetensors",
+                  "vae/diffusion_pytorch_model.fp16.safetensors"}
+    for cell in summary.values():
+        assert set(cell["files_read"]) == fp16_files
+        assert cell["weight_bytes"] > 0 and cell["model_bytes"] > 0
+    assert summary["sd1-tiny fp16 pack"]["weight_bytes"] == summary["sd1-tiny fp16 diffusers"]["weight_bytes"]
+    for loader in ("pack", "diffusers"):
+        assert re.search(rf"^\| sd1-tiny +\| fp16 +\| {loader} +\|", run.stdout, re.M), run.stdout
+    assert "### Ratios and targets" in run.stdout
+
+
+def test_unet_step_benchmark_smoke_computes_the_same_step_in_both_frameworks(tmp_path):
+    run = run_smoke("unet_step.py", "--workdir", str(tmp_path / "work"))
+    results = json.loads(raw_results(run).read_text())["results"]
+    assert set(results) == {"sd1-tiny pack fp32", "sd1-tiny comfyui fp32"}
+    for r in results.values():
+        assert r["params"] == 323_384_964  # BK-Tiny's U-Net
+        assert math.isfinite(r["output_scale"]) and r["output_scale"] > 0
+        assert math.isfinite(r["max_abs_diff"]) and r["max_abs_diff"] < 1e-3 * r["output_scale"]  # float rounding
+    assert results["sd1-tiny comfyui fp32"]["comfy_attention"] != "attention_pytorch (per model)"
+    for attention in ("pack", "comfyui"):
+        assert re.search(rf"^\| sd1-tiny +\| fp32 \(computed in float32\) +\| {attention} \(", run.stdout, re.M), \
+            run.stdout

@@ -41,11 +41,11 @@ def controlnets():
 def test_adapted_control_matches_diffusers_on_the_documented_residuals(name, alignment, controlnets, host, pack):
     spec = spec_from_diffusers_config(unet_config(name), name)
     teacher_controlnet = controlnets(spec.family.name)
-    from bksdm_pack.nodes.teacher_addressing import set_teacher_addressing
+    set_teacher_addressing = pack("nodes.teacher_addressing").set_teacher_addressing
 
     reference = random_unet(unet_config(name), seed=9)
-    state = convert_diffusers_unet(reference.state_dict(), spec.unet_config, name, name)
-    model = pack.nodes.build.build_model(UNetWeights(spec, state, name), torch.float32, "epsilon")
+    state = convert_diffusers_unet(reference.state_dict(), spec, name, name)
+    model = pack("nodes.build").build_model(UNetWeights(spec, state, name), torch.float32, "epsilon")
     set_teacher_addressing(model, spec, alignment)
 
     g = torch.Generator().manual_seed(4)

@@ -466,11 +466,9 @@ def test_command_defaults_to_comfyuis_diffusers_folder_with_extra_model_paths(hu
 # -- the node -------------------------------------------------------------------------------------
 
 @pytest.fixture
-def download_node(pack):
+def download_node():
     """The node class, imported as ComfyUI imports the pack (``nodes`` inside the pack package)."""
-    import importlib
-
-    return importlib.import_module("bksdm_pack.nodes.download").DownloadNode
+    return comfy_host.pack_module("nodes.download").DownloadNode
 
 
 @pytest.mark.host

@@ -195,7 +195,7 @@ def test_convert_node_and_command_write_a_loadable_checkpoint(random_pipeline, h
     by_command = tmp_path / "by-command.safetensors"
     assert convert.main([str(random_pipeline.path), str(by_command), "--precision", "fp16"]) == 0
     spec = spec_from_diffusers_config(unet_config(_unet_name(random_pipeline)))
-    mapping, original = diffusers_to_ldm(spec.unet_config), random_pipeline.unet_state_dict()
+    mapping, original = diffusers_to_ldm(spec), random_pipeline.unet_state_dict()
     keys = []
     for path in (root / name, by_command):  # read tensor by tensor: these files are gigabytes
         with safe_open(str(path), framework="pt") as f:

@@ -22,7 +22,7 @@ def test_schema_is_exactly_diffusers_state_dict(name):
     with torch.device("meta"):
         model = diffusers.UNet2DConditionModel.from_config(unet_config(name))
     reference = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    assert {t.diffusers: t.shape for t in unet_tensors(_spec(name).unet_config)} == reference
+    assert {t.diffusers: t.shape for t in unet_tensors(_spec(name))} == reference
 
 
 @pytest.mark.parametrize("name", ALL_CONFIGS)
@@ -39,20 +39,20 @@ def test_ldm_names_are_exactly_comfyuis_unet_and_its_detector_agrees(name, comfy
     model_class = {"sd1": comfy.supported_models.SD15, "sd2": comfy.supported_models.SD20}[spec.family.name]
     with torch.device("meta"):
         model = UNetModel(**model_class(spec.unet_config).unet_config, operations=comfy.ops.disable_weight_init)
-    ours = {t.ldm: t.shape for t in unet_tensors(spec.unet_config)}
+    ours = {t.ldm: t.shape for t in unet_tensors(spec)}
     assert ours == {k: tuple(v.shape) for k, v in model.state_dict().items()}
     meta = {k: torch.empty(shape, device="meta") for k, shape in ours.items()}
     assert comfy.model_detection.detect_unet_config(meta, "") == spec.unet_config
     theirs = comfy.utils.unet_to_diffusers(spec.unet_config)  # a superset: it also names absent blocks
-    assert all(theirs[d] == ldm for d, ldm in diffusers_to_ldm(spec.unet_config).items())
+    assert all(theirs[d] == ldm for d, ldm in diffusers_to_ldm(spec).items())
 
 
 def test_conversion_renames_without_copying():
     import torch
     spec = _spec("v1_bk_tiny")
-    state = {t.diffusers: torch.zeros(t.shape, device="meta") for t in unet_tensors(spec.unet_config)}
-    converted = convert_diffusers_unet(state, spec.unet_config, "unet.safetensors", "BK-Tiny")
-    mapping = diffusers_to_ldm(spec.unet_config)
+    state = {t.diffusers: torch.zeros(t.shape, device="meta") for t in unet_tensors(spec)}
+    converted = convert_diffusers_unet(state, spec, "unet.safetensors", "BK-Tiny")
+    mapping = diffusers_to_ldm(spec)
     assert all(converted[mapping[k]] is v for k, v in state.items())
 
 
@@ -60,7 +60,7 @@ def test_conversion_renames_without_copying():
 def test_conversion_fails_loudly_on_any_mismatch(damage):
     import torch
     spec = _spec("v1_bk_small")
-    state = {t.diffusers: torch.empty(t.shape, device="meta") for t in unet_tensors(spec.unet_config)}
+    state = {t.diffusers: torch.empty(t.shape, device="meta") for t in unet_tensors(spec)}
     if damage == "missing":
         del state["up_blocks.1.attentions.1.proj_out.weight"]
     elif damage == "unexpected":
@@ -68,7 +68,7 @@ def test_conversion_fails_loudly_on_any_mismatch(damage):
     else:
         state["conv_in.weight"] = torch.empty(320, 9, 3, 3, device="meta")
     with pytest.raises(WeightsMismatchError) as raised:
-        convert_diffusers_unet(state, spec.unet_config, "/models/unet.safetensors", "BK-Small")
+        convert_diffusers_unet(state, spec, "/models/unet.safetensors", "BK-Small")
     message = str(raised.value)
     assert "/models/unet.safetensors" in message and f"1 {damage}" in message.replace("with other shapes", "misshapen")
 
@@ -76,7 +76,7 @@ def test_conversion_fails_loudly_on_any_mismatch(damage):
 @pytest.mark.parametrize("name", ALL_CONFIGS)
 def test_detection_from_diffusers_names(name):
     spec = _spec(name)
-    shapes = {t.diffusers: t.shape for t in unet_tensors(spec.unet_config)}
+    shapes = {t.diffusers: t.shape for t in unet_tensors(spec)}
     detected, naming, renames = detect_unet(shapes, name)
     assert (detected.family, detected.unet_config, naming, renames) == (spec.family, spec.unet_config, "diffusers", {})
 
@@ -84,14 +84,14 @@ def test_detection_from_diffusers_names(name):
 @pytest.mark.parametrize("name", ALL_CONFIGS)
 def test_detection_from_contiguous_ldm_names(name):
     spec = _spec(name)
-    detected, naming, renames = detect_unet({t.ldm: t.shape for t in unet_tensors(spec.unet_config)}, name)
+    detected, naming, renames = detect_unet({t.ldm: t.shape for t in unet_tensors(spec)}, name)
     assert (detected.unet_config, naming, renames) == (spec.unet_config, "ldm", {})
 
 
 @pytest.mark.parametrize("name", ALL_CONFIGS)
 def test_gapped_numbering_of_the_conversion_script_is_repaired(name):
     spec = _spec(name)
-    tensors = unet_tensors(spec.unet_config)
+    tensors = unet_tensors(spec)
     gapped = {script_name(t.diffusers): t.shape for t in tensors}
     detected, naming, renames = detect_unet(gapped, name)
     assert (detected.unet_config, naming) == (spec.unet_config, "ldm")
@@ -105,7 +105,7 @@ def test_comfyuis_block_counter_misreads_the_gapped_file_that_we_repair(comfy):
     import torch
 
     spec = _spec("v1_bk_small")
-    gapped = {script_name(t.diffusers): torch.empty(t.shape, device="meta") for t in unet_tensors(spec.unet_config)}
+    gapped = {script_name(t.diffusers): torch.empty(t.shape, device="meta") for t in unet_tensors(spec)}
     stock = comfy.model_detection.detect_unet_config(gapped, "")
     assert stock is None or stock != spec.unet_config
     renames = gapped_ldm_renames(gapped)
@@ -130,7 +130,7 @@ def test_other_architectures_are_refused(case):
 
 def test_a_unet_with_a_missing_block_is_refused_not_half_loaded():
     spec = _spec("v1_bk_base")
-    shapes = {t.ldm: t.shape for t in unet_tensors(spec.unet_config) if not t.ldm.startswith("output_blocks.3.1.")}
+    shapes = {t.ldm: t.shape for t in unet_tensors(spec) if not t.ldm.startswith("output_blocks.3.1.")}
     with pytest.raises(BKSDMError, match=r"missing|transformer"):
         detect_unet(shapes, "ckpt")
 

@@ -96,7 +96,7 @@ def test_unet_loader_gives_the_pipelines_unet(loaded, random_pipeline, host):
 
 
 @pytest.fixture(scope="module")
-def checkpoints(loaded, random_pipeline, tmp_path_factory, host):
+def checkpoints(loaded, random_pipeline, tmp_path_factory, host, pack):
     """The folder model saved by ComfyUI's own Save Checkpoint code, and the same file with the
     gapped numbering of diffusers' conversion script."""
     import comfy.sd
@@ -107,8 +107,8 @@ def checkpoints(loaded, random_pipeline, tmp_path_factory, host):
     family = random_pipeline.family
     contiguous = root / f"{family}-contiguous.safetensors"
     comfy.sd.save_checkpoint(str(contiguous), *loaded)
-    spec = loaded[0].model.model_config
-    save_file(gapped_checkpoint(load_file(contiguous), spec.unet_config), str(root / f"{family}-gapped.safetensors"))
+    spec = pack("nodes.build").spec_of(loaded[0])
+    save_file(gapped_checkpoint(load_file(contiguous), spec), str(root / f"{family}-gapped.safetensors"))
     yield contiguous.name, f"{family}-gapped.safetensors"
     shutil.rmtree(root, ignore_errors=True)  # gigabytes
 

@@ -20,7 +20,7 @@ def synthetic_teacher_lora(teacher, seed=0):
     g = torch.Generator().manual_seed(seed)
     lora, deltas = {}, {}  # deltas: teacher LDM weight name -> expected delta
     n = 0
-    for _, tensors in unet_blocks(teacher.unet_config):
+    for _, tensors in unet_blocks(teacher):
         for t in tensors:
             if len(t.shape) < 2:
                 continue
@@ -54,9 +54,9 @@ def synthetic_teacher_lora(teacher, seed=0):
 def _module_map(student, layout):
     """Student LDM weight -> teacher LDM weight, expanded from the official block table."""
     blocks = official_map(layout)
-    teacher_tensors = {t.ldm for _, ts in unet_blocks(teacher_spec(student).unet_config) for t in ts}
+    teacher_tensors = {t.ldm for _, ts in unet_blocks(teacher_spec(student)) for t in ts}
     out = {}
-    for block, tensors in unet_blocks(student.unet_config):
+    for block, tensors in unet_blocks(student):
         for t in tensors:
             source = blocks[block.ldm] + t.ldm[len(block.ldm):]
             assert source in teacher_tensors
@@ -112,7 +112,7 @@ def test_a_lora_trained_on_bk_sdm_loads_through_the_stock_loader_unchanged(name,
 
     student = spec_from_diffusers_config(unet_config(name), name)
     lora = {}
-    for _, tensors in unet_blocks(student.unet_config):
+    for _, tensors in unet_blocks(student):
         for t in tensors:
             if len(t.shape) == 2:  # the attention and feed-forward projections, as LoRA trainers target
                 base = "lora_unet_" + t.diffusers[:-len(".weight")].replace(".", "_")

@@ -51,7 +51,7 @@ def valid_configs(draw):
 @given(valid_configs())
 def test_valid_layouts_round_trip_through_detection(config):
     spec = spec_from_diffusers_config(config, "config.json")
-    tensors = unet_tensors(spec.unet_config)
+    tensors = unet_tensors(spec)
     for naming in ("diffusers", "ldm"):
         shapes = {getattr(t, naming): t.shape for t in tensors}
         detected, found_naming, renames = detect_unet(shapes, "weights")
@@ -91,7 +91,7 @@ def test_broken_configs_raise_the_packs_error(config, breakage):
 def test_damaged_tensor_sets_are_refused_with_the_packs_error(config, data):
     spec = spec_from_diffusers_config(config)
     naming = data.draw(st.sampled_from(["diffusers", "ldm"]))
-    shapes = {getattr(t, naming): t.shape for t in unet_tensors(spec.unet_config)}
+    shapes = {getattr(t, naming): t.shape for t in unet_tensors(spec)}
     names = sorted(shapes)
     damage = data.draw(st.sampled_from(["drop", "reshape", "rename", "add"]))
     victims = data.draw(st.lists(st.sampled_from(names), min_size=1, max_size=5, unique=True))
@@ -109,5 +109,5 @@ def test_damaged_tensor_sets_are_refused_with_the_packs_error(config, data):
     except BKSDMError as e:
         assert "weights" in str(e)
     else:  # only a damage that leaves a smaller but complete valid U-Net can pass, and then exactly
-        expected = {getattr(t, naming): t.shape for t in unet_tensors(detected.unet_config)}
+        expected = {getattr(t, naming): t.shape for t in unet_tensors(detected)}
         assert expected == shapes

@@ -25,9 +25,9 @@ def bk_model(pack, name, config=None):
     """A random BK U-Net as the pack's loaders return it (the translation installed)."""
     config = config or unet_config(name)
     spec = spec_from_diffusers_config(config, name)
-    state = convert_diffusers_unet(random_unet(config, seed=9).state_dict(), spec.unet_config, name, name)
-    model = pack.nodes.build.build_model(UNetWeights(spec, state, name), torch.float32, "epsilon")
-    pack.nodes.teacher_addressing.set_teacher_addressing(model, spec)
+    state = convert_diffusers_unet(random_unet(config, seed=9).state_dict(), spec, name, name)
+    model = pack("nodes.build").build_model(UNetWeights(spec, state, name), torch.float32, "epsilon")
+    pack("nodes.teacher_addressing").set_teacher_addressing(model, spec)
     return model, spec
 
 
@@ -146,7 +146,7 @@ def test_a_patch_that_does_not_fit_its_block_is_refused_by_name(host, pack):
     # A custom layout (narrower than SD): no map, and SD-width weights would run reshaped.
     config = dict(unet_config("v1_bk_small"), block_out_channels=[256, 512, 1024, 1024])
     model, _ = bk_model(pack, "narrow", config)
-    errors = pack.bksdm.errors
+    errors = pack("bksdm.errors")
     patched = model.clone()
     patched.set_model_attn2_replace(lambda q, k, v, o: q, "input", 1)
     expected = r"(?s)SD block \('input', 1\).*320 features.*256 features.*published BK-SDM layouts"
@@ -172,7 +172,7 @@ def test_t2i_features_land_after_the_last_res_block_of_their_level(name, host, p
         with caplog.at_level(logging.WARNING):
             run_unet(probe, control={"input": teacher_entries[::-1]})
         changed = [block for block, h in seen if not torch.equal(h, baseline[block])]
-        if level >= spec.levels:  # Tiny has no 8x8 level: the feature has nowhere to go
+        if level >= len(spec.levels):  # Tiny has no 8x8 level: the feature has nowhere to go
             assert changed == []
             continue
         # The feature lands at the student's (only) res block of its level, which patches see as the

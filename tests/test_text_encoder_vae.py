@@ -6,7 +6,7 @@ from factories import TEXT_ENCODER_CONFIGS, random_text_encoder, random_vae, tex
 
 from bksdm.errors import UnsupportedModelError, WeightsMismatchError
 from bksdm.text_encoder import normalize_text_encoder
-from bksdm.unet_config import FAMILIES
+from bksdm.unet_spec import FAMILIES
 from bksdm.vae import check_vae, vae_tensors
 
 TOLERANCE = 1e-4
@@ -24,7 +24,7 @@ def text_encoder(request):
 def test_clip_matches_transformers(text_encoder, with_prefix, host, pack):
     family, reference = text_encoder
     state = normalize_text_encoder(text_encoder_state_dict(reference, with_prefix), FAMILIES[family], "te")
-    clip = pack.nodes.build.build_clip(state, model_options={"dtype": torch.float32})
+    clip = pack("nodes.build").build_clip(state, model_options={"dtype": torch.float32})
     tokens = clip.tokenize(PROMPT)
     ids = [token for token, _ in next(iter(tokens.values()))[0]]
     assert len(ids) == 77
@@ -71,7 +71,7 @@ def test_vae_schema_is_exactly_diffusers_state_dict(vae):
 @torch.no_grad()
 def test_vae_matches_diffusers(vae, host, pack):
     check_vae(vae.state_dict(), "vae")
-    model = pack.nodes.build.build_vae(vae.state_dict())
+    model = pack("nodes.build").build_vae(vae.state_dict())
     pixels = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(3))  # ComfyUI images: BHWC, 0..1
     latent = model.encode(pixels)
     expected = vae.encode(pixels.permute(0, 3, 1, 2) * 2 - 1).latent_dist.mode()

@@ -7,9 +7,10 @@ import pytest
 from factories import BK_CONFIGS, TEACHER_CONFIGS, unet_config
 
 from bksdm.errors import BKSDMError, InvalidConfigError, UnsupportedModelError
-from bksdm.unet_config import NO_MIDDLE, spec_from_config_file, spec_from_diffusers_config
-from bksdm.unet_keys import parameter_count
-from bksdm.variants import VARIANTS, classify_layout
+from bksdm.unet_config import spec_from_config_file, spec_from_diffusers_config
+from bksdm.unet_keys import parameter_count, unet_blocks
+from bksdm.unet_spec import NO_MIDDLE, spec_from_unet_config
+from bksdm.variants import LAYOUTS, VARIANTS, classify_layout
 
 # Facts from the BK-SDM paper / model cards (shared reference variants.md): exact U-Net sizes.
 TEACHER_PARAMS = {"sd1": 859_520_964, "sd2": 865_910_724}
@@ -26,7 +27,7 @@ def test_real_configs_derive_their_family_layout_and_size(name):
     assert spec.family.name == family
     assert classify_layout(spec) == _layout_of(name)
     registry = {(v.family, v.layout): v.unet_params for v in VARIANTS.values()}
-    assert parameter_count(spec.unet_config) == registry[family, _layout_of(name)]
+    assert parameter_count(spec) == registry[family, _layout_of(name)]
     assert spec.resolution == (768 if "768" in name else 512)
 
 
@@ -34,7 +35,7 @@ def test_real_configs_derive_their_family_layout_and_size(name):
 def test_teachers_are_the_full_layout(family):
     spec = spec_from_diffusers_config(unet_config(TEACHER_CONFIGS[family]))
     assert classify_layout(spec) == "teacher"
-    assert parameter_count(spec.unet_config) == TEACHER_PARAMS[family]
+    assert parameter_count(spec) == TEACHER_PARAMS[family]
 
 
 @pytest.mark.parametrize("name", BK_CONFIGS + list(TEACHER_CONFIGS.values()))
@@ -44,7 +45,19 @@ def test_parameter_count_matches_diffusers(name):
     with torch.device("meta"):
         model = diffusers.UNet2DConditionModel.from_config(unet_config(name))
     spec = spec_from_diffusers_config(unet_config(name))
-    assert parameter_count(spec.unet_config) == sum(p.numel() for p in model.parameters())
+    assert parameter_count(spec) == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", BK_CONFIGS + list(TEACHER_CONFIGS.values()))
+def test_the_spec_is_one_value_from_the_config_from_comfyuis_form_and_from_the_registry(name):
+    spec = spec_from_diffusers_config(unet_config(name), name)
+    # ComfyUI's form, as a MODEL carries it (ComfyUI's model class adds keys of its own), reads back equal.
+    model_config = {**spec.unet_config, "num_heads": 8, "num_head_channels": -1}
+    assert spec_from_unet_config(spec.family, model_config) == spec
+    assert hash(spec_from_unet_config(spec.family, model_config)) == hash(spec)
+    assert LAYOUTS[classify_layout(spec)].spec(spec.family) == spec  # the registry's layout is the same value
+    # Derived facts are cached on the value: an equal spec gets the very same walk.
+    assert unet_blocks(copy.deepcopy(spec)) is unet_blocks(spec)
 
 
 def test_absent_mid_block_type_means_the_default_block_and_null_means_none():

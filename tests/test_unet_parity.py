@@ -20,8 +20,8 @@ def _load(pack, name, prediction="epsilon", seed=0):
     config = unet_config(name)
     reference = random_unet(config, seed)
     spec = spec_from_diffusers_config(config, name)
-    state = convert_diffusers_unet(reference.state_dict(), spec.unet_config, name, spec.describe())
-    model = pack.nodes.build.build_model(UNetWeights(spec, state, name), torch.float32, prediction)
+    state = convert_diffusers_unet(reference.state_dict(), spec, name, spec.describe())
+    model = pack("nodes.build").build_model(UNetWeights(spec, state, name), torch.float32, prediction)
     return reference, spec, model
 
 
@@ -75,8 +75,8 @@ def test_v_prediction_is_set_at_construction(pack):
 def test_fp16_weight_dtype_stores_fp16_and_still_predicts_the_same_noise(pack):
     reference, spec, full = _load(pack, "v1_bk_tiny")
     state = {k: v.half() for k, v in reference.state_dict().items()}
-    half = pack.nodes.build.build_model(
-        UNetWeights(spec, convert_diffusers_unet(state, spec.unet_config, "fp16", "tiny"), "fp16"),
+    half = pack("nodes.build").build_model(
+        UNetWeights(spec, convert_diffusers_unet(state, spec, "fp16", "tiny"), "fp16"),
         torch.float16, "epsilon")
     assert {p.dtype for p in half.model.diffusion_model.parameters()} == {torch.float16}
     x, context = _inputs(spec, batch=1)

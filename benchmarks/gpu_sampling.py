@@ -1,0 +1,255 @@
+"""What one ``benchmarks/gpu.py`` worker process runs: ComfyUI started in it, then txt2img
+sampling of each (model, dtype) through ComfyUI (the pack's loader and KSampler's own
+function) and through diffusers, timed (CUDA synchronised) with the peak VRAM, within a
+wall-clock budget. gpu.py's docstring says what is measured and why."""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from options import csv_list
+from output import machine_header, median, model_attention
+from pipelines import Layout, diffusers_dtype, layout_list
+
+PROMPT = "a photo of an astronaut riding a horse on mars, highly detailed"
+NEGATIVE = "blurry, low quality"
+SEED = 42
+DTYPES = ("fp16", "bf16", "fp32")
+
+
+class Budget:
+    """``seconds`` of wall clock, counted from ``start`` (a ``time.monotonic()``)."""
+
+    def __init__(self, seconds: float, start: float):
+        self.seconds, self.start = seconds, start
+
+    def left(self) -> float:
+        return self.seconds - (time.monotonic() - self.start)
+
+    def allows(self, estimate: float) -> bool:
+        return self.left() >= estimate
+
+
+class Bench:
+    """One process: ComfyUI started in it, then every (model, dtype) through each framework."""
+
+    def __init__(self, args, comfy_path: Path, folders: dict[str, Path], log: Callable[[str], None]):
+        import torch
+
+        self.torch, self.args, self.folders, self.log = torch, args, folders, log
+        self.device = "cpu" if args.smoke else "cuda"
+        self.cuda = self.device == "cuda"
+        from cli import comfy_host
+
+        flags = (["--cpu"] if args.smoke else []) + list(args.comfy_arg)
+        self.host = comfy_host.start(comfy_path, flags, comfyui_startup=True)
+        import comfy.utils
+        import folder_paths
+
+        comfy.utils.PROGRESS_BAR_ENABLED = False  # as diffusers' bar is disabled below
+        for root in {str(f.parent) for f in folders.values()}:
+            folder_paths.add_model_folder_path("diffusers", root)
+
+    # ----------------------------------------------------------------- helpers
+    def sync(self) -> None:
+        if self.cuda:
+            self.torch.cuda.synchronize()
+
+    def timed(self, fn):
+        self.sync()
+        start = time.perf_counter()
+        out = fn()
+        self.sync()
+        return time.perf_counter() - start, out
+
+    def cuda_bytes(self, *modules) -> int:
+        return sum(t.nbytes for m in modules for t in [*m.parameters(), *m.buffers()] if t.device.type == "cuda")
+
+    def measure(self, call, unet_module) -> dict:
+        """Warm-up call, then --repeats timed calls; it/s and peak VRAM."""
+        args, torch = self.args, self.torch
+        warm_s, _ = self.timed(lambda: call(args.warmup_steps))
+        times, out = [], None
+        if self.cuda:
+            base = torch.cuda.memory_allocated() - self.cuda_bytes(unet_module)
+            torch.cuda.reset_peak_memory_stats()
+        for _ in range(args.repeats):
+            seconds, out = self.timed(lambda: call(args.steps))
+            times.append(seconds)
+        row = {"seconds": median(times), "seconds_all": times, "its": args.steps / median(times),
+               "warmup_s": warm_s, "finite": bool(torch.isfinite(out.float()).all().item())}
+        if self.cuda:
+            peak = torch.cuda.max_memory_allocated()
+            row.update(peak_vram=peak, sampling_peak_vram=peak - base)
+        return row
+
+    def free(self) -> None:
+        gc.collect()
+        if self.cuda:
+            self.torch.cuda.empty_cache()
+
+    # ----------------------------------------------------------------- ComfyUI
+    def comfyui(self, layout: Layout, dtype: str, batches: list[int], compile_: bool = False) -> list[dict]:
+        import comfy.model_management
+
+        import nodes
+
+        torch, args = self.torch, self.args
+        rows = []
+        with torch.inference_mode():  # as ComfyUI's executor runs every node
+            loader = self.host.nodes.NODE_CLASS_MAPPINGS["BKSDMPipelineLoader"]
+            load_s, (model, clip, _vae) = self.timed(lambda: loader.execute(
+                model_name=self.folders[layout.name].name, weight_dtype=dtype, prediction="auto").args)
+            positive = nodes.CLIPTextEncode().encode(clip, PROMPT)[0]
+            negative = nodes.CLIPTextEncode().encode(clip, NEGATIVE)[0]
+            framework = "ComfyUI"
+            if compile_:
+                compiler = self.host.nodes.NODE_CLASS_MAPPINGS["TorchCompileModel"]
+                model = compiler.execute(model=model, backend="inductor").args[0]
+                framework = "ComfyUI+compile"
+            for batch in batches:
+                latent = nodes.EmptyLatentImage().generate(args.size, args.size, batch)[0]
+
+                def call(steps, latent=latent, model=model, positive=positive, negative=negative):
+                    return nodes.common_ksampler(model, SEED, steps, args.cfg, "euler", "normal", positive, negative,
+                                                 latent)[0]["samples"]
+
+                row = {"model": layout.name, "dtype": dtype, "batch": batch, "framework": framework,
+                       "load_s": load_s, "attention": model_attention(model),
+                       "dynamic_vram": self.args.dynamic_vram, "patcher": type(model).__name__}
+                try:
+                    row.update(self.measure(call, model.model.diffusion_model))
+                except Exception as e:  # a compile failure is a result, not the end of the run
+                    if not compile_:
+                        raise
+                    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                    self.log(f"  TorchCompileModel failed: {row['error']}")
+                rows.append(row)
+                self.log(f"  {framework} {layout.name} {dtype} batch {batch}: " + (
+                    f"{row['its']:.2f} it/s (warm-up call {row['warmup_s']:.1f} s)" if "its" in row else "failed"))
+                if "error" in row:
+                    break
+        del model, clip, _vae, positive, negative
+        comfy.model_management.unload_all_models()
+        comfy.model_management.soft_empty_cache()
+        if compile_:
+            torch._dynamo.reset()
+        self.free()
+        return rows
+
+    # ----------------------------------------------------------------- diffusers
+    def diffusers(self, layout: Layout, dtype: str, batches: list[int]) -> list[dict]:
+        torch, args = self.torch, self.args
+        import diffusers.utils.logging
+        import transformers.utils.logging
+        from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
+
+        torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+        kwargs = {"variant": "fp16"} if dtype == "fp16" else {}  # the files the pack reads for each dtype
+
+        def load():
+            pipe = StableDiffusionPipeline.from_pretrained(str(self.folders[layout.name]), safety_checker=None,
+                                                           requires_safety_checker=False,
+                                                           **diffusers_dtype(torch_dtype), **kwargs)
+            return pipe.to(self.device)
+
+        load_s, pipe = self.timed(load)
+        pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+        pipe.set_progress_bar_config(disable=True)
+        with torch.no_grad():
+            prompt_embeds, negative_embeds = pipe.encode_prompt(PROMPT, self.device, 1, True, NEGATIVE)
+        processors = ",".join(sorted({type(p).__name__ for p in pipe.unet.attn_processors.values()}))
+        rows = []
+        for batch in batches:
+            def call(steps, batch=batch, pipe=pipe, prompt_embeds=prompt_embeds, negative_embeds=negative_embeds):
+                return pipe(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
+                            num_inference_steps=steps, guidance_scale=args.cfg, height=args.size, width=args.size,
+                            num_images_per_prompt=batch, output_type="latent",
+                            generator=torch.Generator("cpu").manual_seed(SEED)).images
+
+            row = {"model": layout.name, "dtype": dtype, "batch": batch, "framework": "diffusers", "load_s": load_s,
+                   "attention": processors}
+            row.update(self.measure(call, pipe.unet))
+            rows.append(row)
+            self.log(f"  diffusers {layout.name} {dtype} batch {batch}: {row['its']:.2f} it/s "
+                f"(warm-up call {row['warmup_s']:.1f} s)")
+        del pipe, prompt_embeds, negative_embeds
+        self.free()
+        return rows
+
+
+def gpu_description(torch) -> dict[str, str]:
+    if not torch.cuda.is_available():
+        return {"GPU": "none (CPU smoke run)"}
+    props = torch.cuda.get_device_properties(0)
+    info = {"GPU": f"{props.name}, {props.total_memory / 2**30:.0f} GiB, sm_{props.major}{props.minor}, "
+                   f"{props.multi_processor_count} SMs; CUDA {torch.version.cuda}, "
+                   f"cuDNN {torch.backends.cudnn.version()}"}
+    try:
+        import subprocess
+
+        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,clocks.max.sm,power.limit",
+                                 "--format=csv,noheader"], capture_output=True, text=True, timeout=20).stdout.strip()
+        if driver:
+            info["driver, max SM clock, power limit"] = driver
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info
+
+
+def measure(args, comfy: Path, folders: dict[str, Path], budget: Budget, log: Callable[[str], None]) -> dict:
+    """Every (model, dtype) through each framework, in this process, under one DynamicVRAM setting."""
+    import torch
+
+    layouts = layout_list(args.models)
+    dtypes = csv_list(args.dtypes, DTYPES)
+    batches = [int(b) for b in csv_list(args.batches)]
+    frameworks = csv_list(args.frameworks, ("comfyui", "diffusers"))
+    compile_layouts = layout_list(args.compile_models) if args.compile_models else []
+    compile_batches = [int(b) for b in csv_list(args.compile_batches)]
+    log(f"starting ComfyUI in-process (DynamicVRAM {args.dynamic_vram})")
+    bench = Bench(args, comfy, folders, log)
+    header = machine_header(
+        "BK-SDM sampling benchmark (GPU)" if not args.smoke else "BK-SDM sampling benchmark (--smoke, CPU)", comfy,
+        {**gpu_description(torch),
+         "settings": f"{args.size}x{args.size}, euler / normal (ComfyUI) and EulerDiscreteScheduler (diffusers), "
+                     f"{args.steps} steps per timed call, CFG {args.cfg}, {args.warmup_steps}-step warm-up call, "
+                     f"median of {args.repeats} call(s); budget {args.budget_s:.0f} s per DynamicVRAM setting; "
+                     f"ComfyUI flags {' '.join((['--cpu'] if args.smoke else []) + args.comfy_arg) or '(none)'}"})
+
+    rows, skipped = [], []
+    estimate = 30.0  # seconds for one (model, dtype) through both frameworks; updated as runs finish
+    for dtype in dtypes:  # fp16 first: the targets are measured there
+        for lay in layouts:
+            if not budget.allows(estimate):
+                skipped.append(f"{lay.name} {dtype} (time budget, DynamicVRAM {args.dynamic_vram})")
+                continue
+            start = time.monotonic()
+            log(f"{lay.name} {dtype}")
+            if "comfyui" in frameworks:
+                rows += bench.comfyui(lay, dtype, batches)
+            if "diffusers" in frameworks:
+                rows += bench.diffusers(lay, dtype, batches)
+            estimate = max(estimate, 1.2 * (time.monotonic() - start))
+    compile_estimate = 150.0
+    for lay in compile_layouts:
+        if not budget.allows(compile_estimate):
+            skipped.append(f"{lay.name} TorchCompileModel (time budget: {budget.left():.0f} s left, a compile takes "
+                           f"~{compile_estimate:.0f} s)")
+            continue
+        start = time.monotonic()
+        log(f"{lay.name} fp16 through TorchCompileModel")
+        compiled = bench.comfyui(lay, "fp16", compile_batches, compile_=True)
+        rows += compiled
+        if any("error" in r for r in compiled):
+            skipped += [f"{other.name} TorchCompileModel (it failed on {lay.name})"
+                        for other in compile_layouts[compile_layouts.index(lay) + 1:]]
+            break
+        compile_estimate = max(compile_estimate * 0.5, 1.2 * (time.monotonic() - start))
+    return {"header": header, "rows": rows, "skipped": skipped}

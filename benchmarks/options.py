@@ -1,0 +1,46 @@
+"""Command-line pieces the benchmark scripts share: the defaults of a full run or of a
+``--smoke`` run, comma-separated lists, the default workdir and the ComfyUI checkout."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import repo  # noqa: F401  (the repository root on sys.path, for cli)
+
+from cli.comfy_host import DEFAULT_COMFYUI
+
+WORKDIR = Path(tempfile.gettempdir()) / "bksdm-bench"
+COMFYUI_HELP = f"ComfyUI checkout (default: {DEFAULT_COMFYUI})"
+
+
+def smoke_help(smoke: dict, what: str) -> str:
+    return f"{what} (defaults: " + ", ".join(f"{k}={v}" for k, v in smoke.items()) + ") to check the code path"
+
+
+def fill_defaults(args: argparse.Namespace, full: dict, smoke: dict) -> argparse.Namespace:
+    """Options left unset (None) take the full run's defaults, or the smoke run's with ``--smoke``."""
+    for key, value in (smoke if args.smoke else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def csv_list(text: str, allowed: Sequence[str] | None = None) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if allowed is not None:
+        bad = [t for t in items if t not in allowed]
+        if bad:
+            raise SystemExit(f"unknown value(s) {', '.join(bad)}; choose from {', '.join(allowed)}")
+    return items
+
+
+def comfyui_path(given: str | None) -> Path:
+    from cli import comfy_host
+
+    try:
+        return comfy_host.locate_comfyui(given, "pass --comfyui PATH or set COMFYUI_PATH")
+    except comfy_host.HostError as e:
+        raise SystemExit(str(e)) from None
