@@ -42,10 +42,10 @@ import sys  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from gpu_sampling import DTYPES, Budget, measure  # noqa: E402
 from options import COMFYUI_HELP, WORKDIR, comfyui_path, csv_list, fill_defaults, smoke_help  # noqa: E402
 from output import progress, ratio, save_json, table, verdict, write_stdout  # noqa: E402
 from pipelines import LAYOUTS, ensure_pipeline, layout_list  # noqa: E402
+from sampling import DTYPES, Budget, measure  # noqa: E402
 from workers import is_worker, run_worker, worker_main  # noqa: E402
 
 TARGETS = {"sd1-small": 1.5, "sd1-tiny": 1.6}  # it/s over the teacher's, ComfyUI, fp16, batch 1
@@ -90,6 +90,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = fill_defaults(p.parse_args(argv), FULL, SMOKE)
     if args.write_jobs <= 0:
         args.write_jobs = 1 if args.smoke else 4
+    # what the shared sampling worker needs besides: the MODEL as the pack's loader gives it, no VAE decode
+    args.device = "cpu" if args.smoke else "cuda"
+    args.title = "BK-SDM sampling benchmark (--smoke, CPU)" if args.smoke else "BK-SDM sampling benchmark (GPU)"
+    args.comfy_attention, args.decode, args.images, args.force_bf16_compute = "pack", False, None, False
     return args
 
 

@@ -123,15 +123,6 @@ def machine_header(title: str, comfy_path: Path | None, extra: dict[str, str] | 
     return "\n".join(lines) + "\n"
 
 
-def model_attention(patcher) -> str:
-    """The attention kernel a MODEL runs: its own override (the pack's CPU choice), else ComfyUI's global one."""
-    import comfy.ldm.modules.attention
-
-    if "optimized_attention_override" in patcher.model_options.get("transformer_options", {}):
-        return "attention_pytorch (per model)"
-    return comfy.ldm.modules.attention.optimized_attention.__name__
-
-
 # --------------------------------------------------------------------------- numbers and tables
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

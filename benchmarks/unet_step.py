@@ -1,6 +1,8 @@
 """Per-step U-Net time on the CPU: ComfyUI's loaded MODEL against diffusers, same random weights.
 
-    .venv/bin/python benchmarks/unet_step.py                     # full: sd1 base/small/tiny + SD-1.4 teacher
+    .venv/bin/python benchmarks/unet_step.py                     # full: sd1 base/small/tiny + SD-1.4 teacher, 512²
+    .venv/bin/python benchmarks/unet_step.py --sizes 256         # a quicker run
+    .venv/bin/python benchmarks/unet_step.py --layouts sd1-tiny --sizes 512,1024 --batches 1,2   # memory rows
     .venv/bin/python benchmarks/unet_step.py --smoke             # BK-Tiny at 64x64, 1 warm-up + 1 timed call
 
 One step is what a sampler costs per iteration: ComfyUI's ``model.apply_model`` of the
@@ -29,10 +31,12 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
+from comfy_model import compute_dtype, model_attention, with_comfyui_attention
 from memory import measure_call
 from options import COMFYUI_HELP, WORKDIR, comfyui_path, csv_list, fill_defaults, smoke_help
-from output import machine_header, median, model_attention, progress, ratio, save_json, table, write_stdout
+from output import machine_header, median, progress, ratio, save_json, table, write_stdout
 from pipelines import LAYOUTS, layout_list
 from workers import is_worker, run_worker, worker_main
 
@@ -40,8 +44,8 @@ DTYPES = {"fp32": "float32", "bf16": "bfloat16"}  # names of torch dtypes, resol
 ATTENTION_FLAGS = {"pack": [], "comfyui": [], "pytorch": ["--use-pytorch-cross-attention"], "split": [
     "--use-split-cross-attention"], "quad": ["--use-quad-cross-attention"]}
 TIMESTEP = 500
-FULL = {"layouts": "sd1-base,sd1-small,sd1-tiny,sd1-teacher", "size": 256, "warmup": 2, "repeats": 10}
-SMOKE = {"layouts": "sd1-tiny", "size": 64, "warmup": 1, "repeats": 1}
+FULL = {"layouts": "sd1-base,sd1-small,sd1-tiny,sd1-teacher", "sizes": "512", "warmup": 1, "repeats": 3}
+SMOKE = {"layouts": "sd1-tiny", "sizes": "64", "warmup": 1, "repeats": 1}
 
 
 # --------------------------------------------------------------------------- worker
@@ -77,11 +81,11 @@ def step_worker(spec: dict) -> dict:
     reference = random_unet(config, seed=0)
     dtype = getattr(torch, DTYPES[spec["dtype"]])
     patcher = pack_model(config, layout.config, reference, dtype)
+    if spec["attention"] == "comfyui":  # the same MODEL without the pack's CPU attention choice
+        patcher = with_comfyui_attention(patcher)
     comfy.model_management.load_models_gpu([patcher])  # as the sampler does: the MODEL's own patches apply
     model = patcher.model
     options = patcher.model_options["transformer_options"]
-    if spec["attention"] == "comfyui":  # the same MODEL without the pack's CPU attention choice
-        options.pop("optimized_attention_override", None)
     attention = model_attention(patcher)
     build_seconds = time.perf_counter() - start
 
@@ -123,7 +127,7 @@ def step_worker(spec: dict) -> dict:
         "comfy_all": times["comfy"], "diffusers_all": times["diffusers"],
         "max_abs_diff": max_diff, "output_scale": scale, "build_seconds": build_seconds,
         "comfy_attention": attention, "comfy_step_peak_rss": first.peak_increase,
-        "comfy_compute_dtype": str(model.manual_cast_dtype or model.get_dtype()).replace("torch.", ""),
+        "comfy_compute_dtype": compute_dtype(patcher),
         "diffusers_attention": ",".join(processors), "threads": torch.get_num_threads(),
         "params": sum(p.numel() for p in reference.parameters()),
     }
@@ -135,8 +139,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help=smoke_help(SMOKE, "run at the smallest size"))
     p.add_argument("--layouts", help=f"comma-separated, from {', '.join(LAYOUTS)} (default: {FULL['layouts']})")
-    p.add_argument("--size", type=int, help=f"image size in pixels; the latent is size/8 (default: {FULL['size']})")
-    p.add_argument("--batch", type=int, default=2, help="U-Net batch: 2 = one image with CFG (default: %(default)s)")
+    p.add_argument("--sizes", help=f"image sizes in pixels, comma-separated; the latent is size/8 "
+                                   f"(default: {FULL['sizes']})")
+    p.add_argument("--batches", default="2", help="U-Net batches, comma-separated: 2 = one image with CFG "
+                                                  "(default: %(default)s)")
     p.add_argument("--warmup", type=int, help=f"untimed calls of each first (default: {FULL['warmup']})")
     p.add_argument("--repeats", type=int, help=f"timed calls of each; medians (default: {FULL['repeats']})")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
@@ -160,53 +166,66 @@ def main(argv=None) -> int:
     layouts = layout_list(args.layouts)
     attentions = csv_list(args.comfy_attention, list(ATTENTION_FLAGS))
     dtypes = csv_list(args.dtypes, list(DTYPES))
+    sizes = [int(n) for n in csv_list(args.sizes)]
+    batches = [int(n) for n in csv_list(args.batches)]
     comfy = comfyui_path(args.comfyui)
     workdir = args.workdir.resolve()
-    latent = args.size // 8
     header = machine_header("BK-SDM U-Net step benchmark (CPU)", comfy, {
-        "settings": f"{args.size}x{args.size} ({latent}x{latent} latent), U-Net batch {args.batch}, 77 tokens, "
-                    f"t={TIMESTEP}; {args.warmup} warm-up + {args.repeats} timed calls each, alternating; medians; "
+        "settings": f"image sizes {', '.join(f'{n}x{n}' for n in sizes)} (latent: size/8), U-Net batches "
+                    f"{', '.join(map(str, batches))}, 77 tokens, t={TIMESTEP}; {args.warmup} warm-up + "
+                    f"{args.repeats} timed calls each, alternating; medians; "
                     f"torch threads {args.threads or 'default'}"})
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    results: dict[tuple[str, str, str], dict] = {}
+    results: dict[Cell, dict] = {}
     script = Path(__file__).resolve()
-    for dtype in dtypes:
-        for attention in attentions:
-            for lay in layouts:
-                log(f"{lay.name} {dtype}, ComfyUI attention {attention}")
-                spec = {"action": "step", "layout": lay.name, "attention": attention, "dtype": dtype,
-                        "comfyui": str(comfy), "size": args.size, "batch": args.batch, "warmup": args.warmup,
-                        "repeats": args.repeats, "threads": args.threads}
-                r = run_worker(script, spec, workdir / "logs" / f"unet_step-{stamp}-{lay.name}-{dtype}-{attention}.log",
-                               timeout=args.timeout)
-                log(f"  ComfyUI {r['comfy_s'] * 1e3:.0f} ms ({r['comfy_attention']}), diffusers "
-                    f"{r['diffusers_s'] * 1e3:.0f} ms; outputs differ by {r['max_abs_diff']:.1e}")
-                results[(lay.name, attention, dtype)] = r
+    for cell in (Cell(lay.name, a, d, size, batch) for size in sizes for batch in batches for d in dtypes
+                 for a in attentions for lay in layouts):
+        log(f"{cell.name}")
+        spec = {"action": "step", **cell._asdict(), "comfyui": str(comfy), "warmup": args.warmup,
+                "repeats": args.repeats, "threads": args.threads}
+        r = run_worker(script, spec, workdir / "logs" / f"unet_step-{stamp}-{cell.name.replace(' ', '-')}.log",
+                       timeout=args.timeout)
+        log(f"  ComfyUI {r['comfy_s'] * 1e3:.0f} ms ({r['comfy_attention']}), diffusers "
+            f"{r['diffusers_s'] * 1e3:.0f} ms; outputs differ by {r['max_abs_diff']:.1e}; ComfyUI step peak RSS "
+            f"growth {r['comfy_step_peak_rss'] / 2**20:.0f} MB")
+        results[cell] = r
     path = workdir / "results" / f"unet_step-{stamp}.json"
-    save_json(path, {"header": header, "results": {" ".join(k): v for k, v in results.items()}})
-    write_stdout(header + "\n" + report(results, layouts, attentions, dtypes) + f"\nraw results: {path}\n")
+    save_json(path, {"header": header, "results": {cell.name: r for cell, r in results.items()}})
+    write_stdout(header + "\n" + report(results, layouts) + f"\nraw results: {path}\n")
     return 0
 
 
-def report(results: dict, layouts, attentions, dtypes) -> str:
+class Cell(NamedTuple):
+    """One measurement: a layout at one attention setting, weight dtype, image size and U-Net batch."""
+    layout: str
+    attention: str
+    dtype: str
+    size: int
+    batch: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.layout} {self.attention} {self.dtype} {self.size}x{self.size} b{self.batch}"
+
+
+def report(results: dict[Cell, dict], layouts) -> str:
     rows = []
-    for dtype, attention, lay in ((d, a, lay) for d in dtypes for a in attentions for lay in layouts):
-        r = results.get((lay.name, attention, dtype))
-        if r is None:
-            continue
+    for cell, r in results.items():
+        lay = LAYOUTS[cell.layout]
         teacher = next((t for t in layouts if t.is_teacher and t.family == lay.family), None)
-        tr = results.get((teacher.name, attention, dtype)) if teacher and not lay.is_teacher else None
-        fp32 = results.get((lay.name, attention, "fp32")) if dtype != "fp32" else None
-        rows.append([lay.name, f"{dtype} (computed in {r['comfy_compute_dtype']})",
-                     f"{attention} ({r['comfy_attention']})", r["params"] / 1e6, r["comfy_s"] * 1e3,
+        tr = results.get(cell._replace(layout=teacher.name)) if teacher and not lay.is_teacher else None
+        fp32 = results.get(cell._replace(dtype="fp32")) if cell.dtype != "fp32" else None
+        rows.append([lay.name, f"{cell.size}x{cell.size}", cell.batch,
+                     f"{cell.dtype} (computed in {r['comfy_compute_dtype']})",
+                     f"{cell.attention} ({r['comfy_attention']})", r["params"] / 1e6, r["comfy_s"] * 1e3,
                      r["diffusers_s"] * 1e3, ratio(r["comfy_s"], r["diffusers_s"]),
                      ratio(r["comfy_s"], fp32 and fp32["comfy_s"]), r["comfy_step_peak_rss"] / 2**20,
                      ratio(tr and tr["comfy_s"], r["comfy_s"]),
                      ratio(tr and tr["diffusers_s"], r["diffusers_s"]),
                      f"{r['max_abs_diff']:.1e} / {r['output_scale']:.1f}"])
     return ("### U-Net step (medians)\n\n" + table(
-        ["layout", "weights", "ComfyUI attention", "U-Net M params", "ComfyUI ms", "diffusers ms",
-         "ComfyUI/diffusers time", "ComfyUI time / fp32's", "ComfyUI step peak RSS growth MB",
+        ["layout", "size", "U-Net batch", "weights", "ComfyUI attention", "U-Net M params", "ComfyUI ms",
+         "diffusers ms", "ComfyUI/diffusers time", "ComfyUI time / fp32's", "ComfyUI step peak RSS growth MB",
          "speed-up vs teacher (ComfyUI)", "speed-up vs teacher (diffusers)", "max abs diff / max abs out"], rows)
         + "\n- ComfyUI/diffusers time < 1: ComfyUI's step is faster. Speed-up vs teacher: the same-family teacher's "
           "step time over this layout's, within one framework and attention setting (needs the teacher in "

@@ -33,9 +33,15 @@ def raw_results(run: subprocess.CompletedProcess) -> Path:
     return Path(re.search(r"^raw results: (.+)$", run.stdout, re.M)[1])
 
 
-def test_gpu_benchmark_smoke_runs_each_dynamic_vram_setting(tmp_path):
+@pytest.fixture(scope="module")
+def sampling_workdir(tmp_path_factory) -> Path:
+    """One workdir for the sampling benchmarks' smoke runs: the random pipeline is written once."""
+    return tmp_path_factory.mktemp("sampling-bench")
+
+
+def test_gpu_benchmark_smoke_runs_each_dynamic_vram_setting(tmp_path, sampling_workdir):
     comfy = comfy_host.find_comfyui()
-    run = run_smoke("gpu.py", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out"))
+    run = run_smoke("gpu.py", "--workdir", str(sampling_workdir), "--out", str(tmp_path / "out"))
     rows = json.loads((tmp_path / "out" / "gpu-results.json").read_text())["rows"]
     has_dynamic_vram = "--disable-dynamic-vram" in (comfy / "comfy" / "cli_args.py").read_text()
     settings = {r["dynamic_vram"] for r in rows if r["framework"] == "ComfyUI"}
@@ -67,12 +73,38 @@ def test_load_benchmark_smoke_loads_the_same_files_with_both_loaders():
 def test_unet_step_benchmark_smoke_computes_the_same_step_in_both_frameworks(tmp_path):
     run = run_smoke("unet_step.py", "--workdir", str(tmp_path / "work"))
     results = json.loads(raw_results(run).read_text())["results"]
-    assert set(results) == {"sd1-tiny pack fp32", "sd1-tiny comfyui fp32"}
+    assert set(results) == {"sd1-tiny pack fp32 64x64 b2", "sd1-tiny comfyui fp32 64x64 b2"}
     for r in results.values():
         assert r["params"] == 323_384_964  # BK-Tiny's U-Net
         assert math.isfinite(r["output_scale"]) and r["output_scale"] > 0
         assert math.isfinite(r["max_abs_diff"]) and r["max_abs_diff"] < 1e-3 * r["output_scale"]  # float rounding
-    assert results["sd1-tiny comfyui fp32"]["comfy_attention"] != "attention_pytorch (per model)"
+    assert results["sd1-tiny comfyui fp32 64x64 b2"]["comfy_attention"] != "attention_pytorch (per model)"
     for attention in ("pack", "comfyui"):
-        assert re.search(rf"^\| sd1-tiny +\| fp32 \(computed in float32\) +\| {attention} \(", run.stdout, re.M), \
-            run.stdout
+        row = rf"^\| sd1-tiny +\| 64x64 +\| 2 +\| fp32 \(computed in float32\) +\| {attention} \("
+        assert re.search(row, run.stdout, re.M), run.stdout
+
+
+def test_cpu_txt2img_benchmark_smoke_times_whole_images_per_attention_setting(sampling_workdir):
+    # ComfyUI at both attention settings in fp32 and in bf16 computed in bf16 (forced: this CPU may lack
+    # native bf16, and diffusers' emulated bf16 VAE takes minutes), then diffusers in fp32.
+    comfy_run = run_smoke("cpu_txt2img.py", "--workdir", str(sampling_workdir), "--frameworks", "comfyui",
+                          "--dtypes", "fp32,bf16", "--force-bf16-compute")
+    diffusers_run = run_smoke("cpu_txt2img.py", "--workdir", str(sampling_workdir), "--frameworks", "diffusers")
+    rows = [*json.loads(raw_results(comfy_run).read_text())["rows"],
+            *json.loads(raw_results(diffusers_run).read_text())["rows"]]
+    cells = {(r["framework"], r.get("attention_setting"), r["dtype"]): r for r in rows}
+    assert set(cells) == {("ComfyUI", "pack", "fp32"), ("ComfyUI", "comfyui", "fp32"), ("ComfyUI", "pack", "bf16"),
+                          ("ComfyUI", "comfyui", "bf16"), ("diffusers", None, "fp32")}
+    for r in rows:
+        assert r["finite"] and r["seconds"] > 0 and r["decode_s"] > 0 and r["sampling_peak_rss"] >= 0
+        assert Path(r["image"]).is_file()
+    assert cells[("ComfyUI", "pack", "fp32")]["attention"] == "attention_pytorch (per model)"
+    assert cells[("ComfyUI", "comfyui", "fp32")]["attention"] != "attention_pytorch (per model)"
+    for attention in ("pack", "comfyui"):
+        bf16 = cells[("ComfyUI", attention, "bf16")]
+        assert bf16["compute_dtype"] == "bfloat16"
+        assert 0 < bf16["vs_fp32"]["max_abs"] <= 255 and bf16["vs_fp32"]["psnr_db"] > 0  # the same seed, rounded
+    side_by_side = Path(re.search(r"^images: (.+)$", comfy_run.stdout, re.M)[1]) / "side-by-side-sd1-tiny.png"
+    assert side_by_side.is_file()
+    assert re.search(r"^\| sd1-tiny +\| fp32 \(computed in float32\) +\| 1 +\| diffusers \(", diffusers_run.stdout,
+                     re.M), diffusers_run.stdout

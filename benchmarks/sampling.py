@@ -1,7 +1,9 @@
-"""What one ``benchmarks/gpu.py`` worker process runs: ComfyUI started in it, then txt2img
-sampling of each (model, dtype) through ComfyUI (the pack's loader and KSampler's own
-function) and through diffusers, timed (CUDA synchronised) with the peak VRAM, within a
-wall-clock budget. gpu.py's docstring says what is measured and why."""
+"""What one sampling-benchmark worker process runs (``gpu.py`` on CUDA, ``cpu_txt2img.py`` on
+the CPU): ComfyUI started in it, then txt2img sampling of each (model, dtype) through
+ComfyUI (the pack's loader and KSampler's own function) and through diffusers, timed (CUDA
+synchronised) with the peak VRAM on a GPU or the peak RSS on the CPU, optionally followed by
+the VAE decode, within a wall-clock budget. The scripts' docstrings say what is measured
+and why."""
 
 from __future__ import annotations
 
@@ -10,14 +12,19 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from comfy_model import compute_dtype, model_attention, with_comfyui_attention
+from memory import measure_call
 from options import csv_list
-from output import machine_header, median, model_attention
+from output import machine_header, median
 from pipelines import Layout, diffusers_dtype, layout_list
 
 PROMPT = "a photo of an astronaut riding a horse on mars, highly detailed"
 NEGATIVE = "blurry, low quality"
 SEED = 42
 DTYPES = ("fp16", "bf16", "fp32")
+# ComfyUI attention settings: the MODEL as the pack's loader gives it, or the same MODEL without
+# the pack's CPU attention choice (nodes/cpu.py), i.e. ComfyUI's own default; alike on CUDA.
+ATTENTIONS = ("pack", "comfyui")
 
 
 class Budget:
@@ -40,11 +47,11 @@ class Bench:
         import torch
 
         self.torch, self.args, self.folders, self.log = torch, args, folders, log
-        self.device = "cpu" if args.smoke else "cuda"
+        self.device = args.device
         self.cuda = self.device == "cuda"
         from cli import comfy_host
 
-        flags = (["--cpu"] if args.smoke else []) + list(args.comfy_arg)
+        flags = (["--cpu"] if not self.cuda else []) + list(args.comfy_arg)
         self.host = comfy_host.start(comfy_path, flags, comfyui_startup=True)
         import comfy.utils
         import folder_paths
@@ -68,23 +75,47 @@ class Bench:
     def cuda_bytes(self, *modules) -> int:
         return sum(t.nbytes for m in modules for t in [*m.parameters(), *m.buffers()] if t.device.type == "cuda")
 
-    def measure(self, call, unet_module) -> dict:
-        """Warm-up call, then --repeats timed calls; it/s and peak VRAM."""
+    def measure(self, call, unet_module, decode) -> tuple[dict, object]:
+        """Warm-up call, then --repeats timed calls: it/s, and the peak VRAM (CUDA) or the peak RSS
+        growth of the first timed call over the RSS before it (CPU); then, with --decode, the
+        timed VAE decode of the last call's latent. Returns the row and the decoded images."""
         args, torch = self.args, self.torch
         warm_s, _ = self.timed(lambda: call(args.warmup_steps))
-        times, out = [], None
+        times, out, row = [], None, {}
         if self.cuda:
             base = torch.cuda.memory_allocated() - self.cuda_bytes(unet_module)
             torch.cuda.reset_peak_memory_stats()
-        for _ in range(args.repeats):
-            seconds, out = self.timed(lambda: call(args.steps))
+        for n in range(args.repeats):
+            if n == 0 and not self.cuda:  # the kernel's exact high-water mark, reset just before the call
+                first = measure_call(lambda: call(args.steps))
+                seconds, out = first.seconds, first.value
+                row["sampling_peak_rss"] = first.peak_increase
+            else:
+                seconds, out = self.timed(lambda: call(args.steps))
             times.append(seconds)
-        row = {"seconds": median(times), "seconds_all": times, "its": args.steps / median(times),
-               "warmup_s": warm_s, "finite": bool(torch.isfinite(out.float()).all().item())}
+        row.update({"seconds": median(times), "seconds_all": times, "its": args.steps / median(times),
+                    "warmup_s": warm_s, "finite": bool(torch.isfinite(out.float()).all().item())})
         if self.cuda:
             peak = torch.cuda.max_memory_allocated()
             row.update(peak_vram=peak, sampling_peak_vram=peak - base)
-        return row
+        images = None
+        if args.decode:
+            row["decode_s"], images = self.timed(lambda: decode(out))
+        return row, images
+
+    def save_images(self, images, row: dict) -> None:
+        """With --images DIR: the first image of the batch as a PNG named after its cell."""
+        if not self.args.images:
+            return
+        from PIL import Image
+
+        folder = Path(self.args.images)
+        folder.mkdir(parents=True, exist_ok=True)
+        name = "-".join(str(row[k]) for k in ("model", "dtype", "framework", "attention_setting") if row.get(k))
+        pixels = (images[0].float().clamp(0, 1) * 255).round().to(self.torch.uint8).cpu().numpy()
+        path = folder / f"{name}-b{row['batch']}.png"
+        Image.fromarray(pixels).save(path)
+        row["image"] = str(path)
 
     def free(self) -> None:
         gc.collect()
@@ -92,7 +123,8 @@ class Bench:
             self.torch.cuda.empty_cache()
 
     # ----------------------------------------------------------------- ComfyUI
-    def comfyui(self, layout: Layout, dtype: str, batches: list[int], compile_: bool = False) -> list[dict]:
+    def comfyui(self, layout: Layout, dtype: str, batches: list[int], attentions: list[str],
+                compile_: bool = False) -> list[dict]:
         import comfy.model_management
 
         import nodes
@@ -101,38 +133,51 @@ class Bench:
         rows = []
         with torch.inference_mode():  # as ComfyUI's executor runs every node
             loader = self.host.nodes.NODE_CLASS_MAPPINGS["BKSDMPipelineLoader"]
-            load_s, (model, clip, _vae) = self.timed(lambda: loader.execute(
+            load_s, (loaded, clip, vae) = self.timed(lambda: loader.execute(
                 model_name=self.folders[layout.name].name, weight_dtype=dtype, prediction="auto").args)
             positive = nodes.CLIPTextEncode().encode(clip, PROMPT)[0]
             negative = nodes.CLIPTextEncode().encode(clip, NEGATIVE)[0]
-            framework = "ComfyUI"
-            if compile_:
-                compiler = self.host.nodes.NODE_CLASS_MAPPINGS["TorchCompileModel"]
-                model = compiler.execute(model=model, backend="inductor").args[0]
-                framework = "ComfyUI+compile"
-            for batch in batches:
-                latent = nodes.EmptyLatentImage().generate(args.size, args.size, batch)[0]
 
-                def call(steps, latent=latent, model=model, positive=positive, negative=negative):
-                    return nodes.common_ksampler(model, SEED, steps, args.cfg, "euler", "normal", positive, negative,
-                                                 latent)[0]["samples"]
+            def decode(samples, vae=vae):
+                return nodes.VAEDecode().decode(vae, {"samples": samples})[0]
 
-                row = {"model": layout.name, "dtype": dtype, "batch": batch, "framework": framework,
-                       "load_s": load_s, "attention": model_attention(model),
-                       "dynamic_vram": self.args.dynamic_vram, "patcher": type(model).__name__}
-                try:
-                    row.update(self.measure(call, model.model.diffusion_model))
-                except Exception as e:  # a compile failure is a result, not the end of the run
-                    if not compile_:
-                        raise
-                    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-                    self.log(f"  TorchCompileModel failed: {row['error']}")
-                rows.append(row)
-                self.log(f"  {framework} {layout.name} {dtype} batch {batch}: " + (
-                    f"{row['its']:.2f} it/s (warm-up call {row['warmup_s']:.1f} s)" if "its" in row else "failed"))
-                if "error" in row:
-                    break
-        del model, clip, _vae, positive, negative
+            if dtype == "bf16" and args.force_bf16_compute and compute_dtype(loaded) != "bfloat16":
+                loaded = loaded.clone()  # ComfyUI's per-model setting, as nodes/cpu.py sets it on bf16 CPUs
+                loaded.set_model_compute_dtype(torch.bfloat16)
+            for attention in attentions:
+                model = loaded if attention == "pack" else with_comfyui_attention(loaded)
+                framework = "ComfyUI"
+                if compile_:
+                    compiler = self.host.nodes.NODE_CLASS_MAPPINGS["TorchCompileModel"]
+                    model = compiler.execute(model=model, backend="inductor").args[0]
+                    framework = "ComfyUI+compile"
+                for batch in batches:
+                    latent = nodes.EmptyLatentImage().generate(args.size, args.size, batch)[0]
+
+                    def call(steps, latent=latent, model=model, positive=positive, negative=negative):
+                        return nodes.common_ksampler(model, SEED, steps, args.cfg, "euler", "normal", positive,
+                                                     negative, latent)[0]["samples"]
+
+                    row = {"model": layout.name, "dtype": dtype, "batch": batch, "framework": framework,
+                           "attention_setting": attention, "load_s": load_s, "attention": model_attention(model),
+                           "compute_dtype": compute_dtype(model), "dynamic_vram": self.args.dynamic_vram,
+                           "patcher": type(model).__name__}
+                    try:
+                        measured, images = self.measure(call, model.model.diffusion_model, decode)
+                        row.update(measured)
+                        self.save_images(images, row)
+                    except Exception as e:  # a compile failure is a result, not the end of the run
+                        if not compile_:
+                            raise
+                        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                        self.log(f"  TorchCompileModel failed: {row['error']}")
+                    rows.append(row)
+                    self.log(f"  {framework} ({attention} attention) {layout.name} {dtype} batch {batch}: " + (
+                        f"{row['its']:.2f} it/s (warm-up call {row['warmup_s']:.1f} s)" if "its" in row else "failed"))
+                    if "error" in row:
+                        break
+                del model
+        del loaded, clip, vae, positive, negative
         comfy.model_management.unload_all_models()
         comfy.model_management.soft_empty_cache()
         if compile_:
@@ -165,6 +210,12 @@ class Bench:
         with torch.no_grad():
             prompt_embeds, negative_embeds = pipe.encode_prompt(PROMPT, self.device, 1, True, NEGATIVE)
         processors = ",".join(sorted({type(p).__name__ for p in pipe.unet.attn_processors.values()}))
+
+        def decode(latents, vae=pipe.vae):  # as the pipeline's own output_type="pil" path, to [0, 1] NHWC
+            with torch.no_grad():
+                images = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+            return (images / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
+
         rows = []
         for batch in batches:
             def call(steps, batch=batch, pipe=pipe, prompt_embeds=prompt_embeds, negative_embeds=negative_embeds):
@@ -174,8 +225,10 @@ class Bench:
                             generator=torch.Generator("cpu").manual_seed(SEED)).images
 
             row = {"model": layout.name, "dtype": dtype, "batch": batch, "framework": "diffusers", "load_s": load_s,
-                   "attention": processors}
-            row.update(self.measure(call, pipe.unet))
+                   "attention": processors, "compute_dtype": str(pipe.unet.dtype).replace("torch.", "")}
+            measured, images = self.measure(call, pipe.unet, decode)
+            row.update(measured)
+            self.save_images(images, row)
             rows.append(row)
             self.log(f"  diffusers {layout.name} {dtype} batch {batch}: {row['its']:.2f} it/s "
                 f"(warm-up call {row['warmup_s']:.1f} s)")
@@ -204,24 +257,26 @@ def gpu_description(torch) -> dict[str, str]:
 
 
 def measure(args, comfy: Path, folders: dict[str, Path], budget: Budget, log: Callable[[str], None]) -> dict:
-    """Every (model, dtype) through each framework, in this process, under one DynamicVRAM setting."""
+    """Every (model, dtype) through each framework, in this process (on CUDA: under one DynamicVRAM setting)."""
     import torch
 
     layouts = layout_list(args.models)
     dtypes = csv_list(args.dtypes, DTYPES)
     batches = [int(b) for b in csv_list(args.batches)]
     frameworks = csv_list(args.frameworks, ("comfyui", "diffusers"))
+    attentions = csv_list(args.comfy_attention, ATTENTIONS)
     compile_layouts = layout_list(args.compile_models) if args.compile_models else []
     compile_batches = [int(b) for b in csv_list(args.compile_batches)]
     log(f"starting ComfyUI in-process (DynamicVRAM {args.dynamic_vram})")
     bench = Bench(args, comfy, folders, log)
     header = machine_header(
-        "BK-SDM sampling benchmark (GPU)" if not args.smoke else "BK-SDM sampling benchmark (--smoke, CPU)", comfy,
+        args.title, comfy,
         {**gpu_description(torch),
          "settings": f"{args.size}x{args.size}, euler / normal (ComfyUI) and EulerDiscreteScheduler (diffusers), "
                      f"{args.steps} steps per timed call, CFG {args.cfg}, {args.warmup_steps}-step warm-up call, "
-                     f"median of {args.repeats} call(s); budget {args.budget_s:.0f} s per DynamicVRAM setting; "
-                     f"ComfyUI flags {' '.join((['--cpu'] if args.smoke else []) + args.comfy_arg) or '(none)'}"})
+                     f"median of {args.repeats} call(s)" + (", then the VAE decode" if args.decode else "")
+                     + f"; budget {args.budget_s:.0f} s per worker process; ComfyUI flags "
+                     + (" ".join((["--cpu"] if args.device == "cpu" else []) + args.comfy_arg) or "(none)")})
 
     rows, skipped = [], []
     estimate = 30.0  # seconds for one (model, dtype) through both frameworks; updated as runs finish
@@ -233,7 +288,7 @@ def measure(args, comfy: Path, folders: dict[str, Path], budget: Budget, log: Ca
             start = time.monotonic()
             log(f"{lay.name} {dtype}")
             if "comfyui" in frameworks:
-                rows += bench.comfyui(lay, dtype, batches)
+                rows += bench.comfyui(lay, dtype, batches, attentions)
             if "diffusers" in frameworks:
                 rows += bench.diffusers(lay, dtype, batches)
             estimate = max(estimate, 1.2 * (time.monotonic() - start))
@@ -245,7 +300,7 @@ def measure(args, comfy: Path, folders: dict[str, Path], budget: Budget, log: Ca
             continue
         start = time.monotonic()
         log(f"{lay.name} fp16 through TorchCompileModel")
-        compiled = bench.comfyui(lay, "fp16", compile_batches, compile_=True)
+        compiled = bench.comfyui(lay, "fp16", compile_batches, attentions[:1], compile_=True)
         rows += compiled
         if any("error" in r for r in compiled):
             skipped += [f"{other.name} TorchCompileModel (it failed on {lay.name})"

@@ -1,0 +1,30 @@
+"""What a benchmark reads from, or changes on, a ComfyUI MODEL (a ``ModelPatcher``): the
+attention kernel it runs, the dtype it computes in, and the same MODEL with ComfyUI's default
+CPU attention instead of the pack's choice. Only ComfyUI's public patcher API is used."""
+
+from __future__ import annotations
+
+# The key of ComfyUI's per-model attention setting, where nodes/cpu.py puts the pack's CPU choice.
+OVERRIDE = "optimized_attention_override"
+
+
+def model_attention(patcher) -> str:
+    """The attention kernel a MODEL runs: its own override (the pack's CPU choice), else ComfyUI's global one."""
+    import comfy.ldm.modules.attention
+
+    if OVERRIDE in patcher.model_options.get("transformer_options", {}):
+        return "attention_pytorch (per model)"
+    return comfy.ldm.modules.attention.optimized_attention.__name__
+
+
+def with_comfyui_attention(patcher):
+    """A clone of the MODEL without the pack's per-model attention: ComfyUI's own default kernel."""
+    clone = patcher.clone()
+    clone.model_options["transformer_options"].pop(OVERRIDE, None)
+    return clone
+
+
+def compute_dtype(patcher) -> str:
+    """The dtype ComfyUI computes the MODEL's layers in: its cast dtype (as patched, e.g. by
+    ``set_model_compute_dtype``) when it has one, else its weights' dtype."""
+    return str(patcher.get_model_object("manual_cast_dtype") or patcher.model.get_dtype()).replace("torch.", "")

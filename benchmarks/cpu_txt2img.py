@@ -1,0 +1,186 @@
+"""Whole txt2img on the CPU, in seconds per image: ComfyUI (this pack's loader) against diffusers.
+
+    .venv/bin/python benchmarks/cpu_txt2img.py                  # full: BK-Base/Small/Tiny + SD-1.4 teacher, 512²
+    .venv/bin/python benchmarks/cpu_txt2img.py --models sd1-tiny --dtypes fp32,bf16   # the bf16 row and picture
+    .venv/bin/python benchmarks/cpu_txt2img.py --smoke          # BK-Tiny at 64², 2 steps: the code path
+
+For each layout (random weights from the real configs, one pipeline folder each, written
+once under --workdir), in a fresh process of its own: 512x512, 20 euler steps, CFG 7, one
+image, then its VAE decode.
+
+- ComfyUI: the pack's ``BKSDMPipelineLoader``, ``CLIPTextEncode``, ``EmptyLatentImage``,
+  ``nodes.common_ksampler`` (the KSampler node's own function) and ``VAEDecode``, under
+  ``torch.inference_mode``, once per attention setting: ``pack`` (the MODEL as the loader
+  gives it on the CPU: PyTorch SDPA on that MODEL alone, nodes/cpu.py) and ``comfyui`` (the
+  same MODEL without that choice: ComfyUI's CPU default, sub-quadratic attention).
+- diffusers: ``StableDiffusionPipeline.from_pretrained`` on the same folder,
+  ``EulerDiscreteScheduler``, prompt embeddings computed once, the latent decoded by its VAE.
+
+s/image = (sampling call + decode) / images. Memory: the peak RSS growth of the first timed
+sampling call over the RSS just before it (the kernel's high-water mark, reset first), with
+the model loaded. bf16 rows compare their image with the same cell's fp32 image (same seed
+and noise): max abs difference in 8-bit levels and PSNR; with fp32 and bf16 of one layout,
+``side-by-side-<layout>.png`` (fp32 | bf16 | difference x8) is written beside the images.
+The shared sampling code is ``sampling.py``; ComfyUI and diffusers draw their noise
+differently, so their images are not compared with each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+from options import COMFYUI_HELP, WORKDIR, comfyui_path, csv_list, fill_defaults, smoke_help
+from output import progress, ratio, save_json, table, write_stdout
+from pipelines import LAYOUTS, ensure_pipeline, layout_list
+from sampling import ATTENTIONS, Budget, measure
+from workers import is_worker, run_worker, worker_main
+
+FULL = {"models": "sd1-base,sd1-small,sd1-tiny,sd1-teacher", "size": 512, "steps": 20}
+SMOKE = {"models": "sd1-tiny", "size": 64, "steps": 2}
+MIB = 2**20
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--smoke", action="store_true", help=smoke_help(SMOKE, "run at a tiny size"))
+    p.add_argument("--models", help=f"layouts, from {', '.join(LAYOUTS)} (default: {FULL['models']})")
+    p.add_argument("--size", type=int, help=f"image width and height (default: {FULL['size']})")
+    p.add_argument("--steps", type=int, help=f"sampling steps (default: {FULL['steps']})")
+    p.add_argument("--dtypes", default="fp32", help="weight dtypes, from fp32, bf16 (bf16 computes in bf16 where the "
+                   "CPU has AVX512-BF16 or AMX, nodes/cpu.py) (default: %(default)s)")
+    p.add_argument("--force-bf16-compute", action="store_true", help="compute ComfyUI's bf16 MODEL in bf16 even "
+                   "where the CPU has no native bf16 (the numbers of the pack's bf16 choice; its time means nothing "
+                   "there)")
+    p.add_argument("--batches", default="1", help="images per prompt; CFG doubles the U-Net batch "
+                                                  "(default: %(default)s)")
+    p.add_argument("--cfg", type=float, default=7.0, help="guidance scale (default: %(default)s)")
+    p.add_argument("--warmup-steps", type=int, default=1, help="steps of the untimed first call (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=1, help="timed calls per cell, median (default: %(default)s)")
+    p.add_argument("--comfy-attention", default=",".join(ATTENTIONS),
+                   help="pack = the MODEL as the pack's loader gives it; comfyui = ComfyUI's CPU default "
+                        "(default: %(default)s)")
+    p.add_argument("--frameworks", default="comfyui,diffusers", help="(default: %(default)s)")
+    p.add_argument("--workdir", type=Path, default=WORKDIR,
+                   help="random pipeline folders, images, logs, results (default: %(default)s)")
+    p.add_argument("--comfyui", help=COMFYUI_HELP)
+    p.add_argument("--comfy-arg", action="append", default=[], metavar="ARG", help="extra ComfyUI flag (repeatable)")
+    p.add_argument("--timeout", type=float, default=7200, help="seconds per worker process (default: %(default)s)")
+    args = fill_defaults(p.parse_args(argv), FULL, SMOKE)
+    # what the shared sampling worker reads besides (sampling.measure)
+    args.device, args.decode, args.title = "cpu", True, "BK-SDM txt2img benchmark (CPU)"
+    args.dynamic_vram, args.compile_models, args.compile_batches, args.budget_s = "n/a", "", "1", math.inf
+    return args
+
+
+log = progress("cpu_txt2img")
+
+
+def worker(spec: dict) -> dict:
+    args = parse_args([])
+    vars(args).update(spec["args"])
+    folders = {name: Path(path) for name, path in spec["folders"].items()}
+    return measure(args, Path(spec["comfyui"]), folders, Budget(math.inf, time.monotonic()), log)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    comfy = comfyui_path(args.comfyui)
+    workdir = args.workdir.resolve()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    args.images = str(workdir / "images" / stamp)
+    layouts = layout_list(args.models)
+    cells = [("comfyui", a) for a in csv_list(args.comfy_attention, ATTENTIONS)
+             if "comfyui" in csv_list(args.frameworks)] + [("diffusers", "")] * ("diffusers" in args.frameworks)
+    rows, header = [], ""
+    for lay in layouts:
+        folder = ensure_pipeline(workdir, lay, comfy, log)
+        for dtype in csv_list(args.dtypes, ("fp32", "bf16")):
+            for framework, attention in cells:  # a process per cell: its memory starts clean
+                name = f"{lay.name}-{dtype}-{framework}{'-' + attention if attention else ''}"
+                log(f"{name} (log: {workdir}/logs/cpu_txt2img-{stamp}-{name}.log)")
+                child = {**vars(args), "workdir": str(workdir), "models": lay.name, "dtypes": dtype,
+                         "frameworks": framework, "comfy_attention": attention or "pack"}
+                spec = {"action": "measure", "args": child, "comfyui": str(comfy), "folders": {lay.name: str(folder)}}
+                result = run_worker(Path(__file__), spec, workdir / "logs" / f"cpu_txt2img-{stamp}-{name}.log",
+                                    timeout=args.timeout)
+                rows += result["rows"]
+                header = header or result["header"]
+    compare_images(rows, Path(args.images))
+    path = workdir / "results" / f"cpu_txt2img-{stamp}.json"
+    save_json(path, {"header": header, "rows": rows, "args": vars(args)})
+    write_stdout(header + "\n" + report(rows, layouts) + f"\nimages: {args.images}\nraw results: {path}\n")
+    return 0
+
+
+# --------------------------------------------------------------------------- images
+
+def compare_images(rows: list[dict], folder: Path) -> None:
+    """bf16 rows: their image against the same cell's fp32 image; a side-by-side picture per layout."""
+    import numpy as np
+    from PIL import Image
+
+    def pixels(row):
+        return np.asarray(Image.open(row["image"]).convert("RGB"), dtype=np.float64)
+
+    for row in rows:
+        fp32 = next((r for r in rows if r.get("image") and r["dtype"] == "fp32" and all(
+            r.get(k) == row.get(k) for k in ("model", "framework", "attention_setting", "batch"))), None)
+        if row["dtype"] == "fp32" or not row.get("image") or fp32 is None:
+            continue
+        a, b = pixels(fp32), pixels(row)
+        mse = float(((a - b) ** 2).mean())
+        row["vs_fp32"] = {"max_abs": float(np.abs(a - b).max()),
+                          "psnr_db": math.inf if mse == 0 else 10 * math.log10(255**2 / mse)}
+        if row["framework"] == "ComfyUI" and row.get("attention_setting") == "pack" and row["batch"] == 1:
+            difference = np.clip(np.abs(a - b) * 8, 0, 255)
+            side = np.concatenate([a, b, difference], axis=1).astype(np.uint8)
+            path = folder / f"side-by-side-{row['model']}.png"
+            Image.fromarray(side).save(path)
+            log(f"fp32 | {row['dtype']} | difference x8: {path}")
+
+
+# --------------------------------------------------------------------------- report
+
+def report(rows: list[dict], layouts) -> str:
+    def find(model, dtype, framework, attention, batch):
+        return next((r for r in rows if (r["model"], r["dtype"], r["framework"], r.get("attention_setting"),
+                                         r["batch"]) == (model, dtype, framework, attention, batch)), None)
+
+    def per_image(r):
+        return r and (r["seconds"] + r["decode_s"]) / r["batch"]
+
+    out = []
+    for r in rows:
+        setting = r.get("attention_setting")
+        teacher = next((t for t in layouts if t.is_teacher and t.family == LAYOUTS[r["model"]].family), None)
+        same_in_teacher = teacher and r["model"] != teacher.name and find(
+            teacher.name, r["dtype"], r["framework"], setting, r["batch"])
+        diffusers = find(r["model"], r["dtype"], "diffusers", None, r["batch"]) if r["framework"] != "diffusers" \
+            else None
+        default = find(r["model"], r["dtype"], r["framework"], "comfyui", r["batch"]) if setting == "pack" else None
+        vs_fp32 = r.get("vs_fp32")
+        out.append([r["model"], f"{r['dtype']} (computed in {r['compute_dtype']})", r["batch"],
+                    f"{r['framework']} ({setting}: {r['attention']})" if setting else f"diffusers ({r['attention']})",
+                    r["seconds"], r["decode_s"], per_image(r), r["sampling_peak_rss"] / MIB,
+                    ratio(per_image(r), per_image(diffusers)), ratio(per_image(r), per_image(default)),
+                    ratio(per_image(same_in_teacher), per_image(r)),
+                    f"{vs_fp32['max_abs']:.0f} / {vs_fp32['psnr_db']:.1f} dB" if vs_fp32 else None])
+    return "### txt2img (CPU)\n\n" + table(
+        ["layout", "weights", "images", "framework (attention)", "sampling s", "decode s", "s/image",
+         "sampling peak RSS growth MB", "x diffusers s/image", "x ComfyUI default s/image", "speed-up vs teacher",
+         "image vs fp32: max abs / PSNR"], out) + (
+        "\n- s/image: (sampling + VAE decode) / images; x diffusers and x ComfyUI default < 1: this row is faster. "
+        "Speed-up vs teacher: the same-family teacher's s/image over this row's, same framework and attention "
+        "(needs the teacher in --models).\n- image vs fp32: this row's image against the fp32 row's of the same "
+        "framework and seed, in 8-bit levels (0-255) and PSNR.\n")
+
+
+if __name__ == "__main__":
+    if is_worker():
+        worker_main({"measure": worker})
+    else:
+        sys.exit(main())
