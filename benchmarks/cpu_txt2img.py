@@ -35,7 +35,7 @@ from pathlib import Path
 
 from options import COMFYUI_HELP, WORKDIR, comfyui_path, csv_list, fill_defaults, smoke_help
 from output import progress, ratio, save_json, table, write_stdout
-from pipelines import LAYOUTS, ensure_pipeline, layout_list
+from pipelines import LAYOUTS, ensure_pipeline, layout_list, teacher_of
 from sampling import ATTENTIONS, Budget, measure
 from workers import is_worker, run_worker, worker_main
 
@@ -93,8 +93,10 @@ def main(argv=None) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     args.images = str(workdir / "images" / stamp)
     layouts = layout_list(args.models)
-    cells = [("comfyui", a) for a in csv_list(args.comfy_attention, ATTENTIONS)
-             if "comfyui" in csv_list(args.frameworks)] + [("diffusers", "")] * ("diffusers" in args.frameworks)
+    frameworks = csv_list(args.frameworks, ("comfyui", "diffusers"))
+    cells = [("comfyui", a) for a in csv_list(args.comfy_attention, ATTENTIONS) if "comfyui" in frameworks]
+    if "diffusers" in frameworks:
+        cells.append(("diffusers", None))  # no attention setting: the sampling worker ignores it
     rows, header = [], ""
     for lay in layouts:
         folder = ensure_pipeline(workdir, lay, comfy, log)
@@ -103,7 +105,7 @@ def main(argv=None) -> int:
                 name = f"{lay.name}-{dtype}-{framework}{'-' + attention if attention else ''}"
                 log(f"{name} (log: {workdir}/logs/cpu_txt2img-{stamp}-{name}.log)")
                 child = {**vars(args), "workdir": str(workdir), "models": lay.name, "dtypes": dtype,
-                         "frameworks": framework, "comfy_attention": attention or "pack"}
+                         "frameworks": framework, "comfy_attention": attention or ATTENTIONS[0]}
                 spec = {"action": "measure", "args": child, "comfyui": str(comfy), "folders": {lay.name: str(folder)}}
                 result = run_worker(Path(__file__), spec, workdir / "logs" / f"cpu_txt2img-{stamp}-{name}.log",
                                     timeout=args.timeout)
@@ -156,9 +158,8 @@ def report(rows: list[dict], layouts) -> str:
     out = []
     for r in rows:
         setting = r.get("attention_setting")
-        teacher = next((t for t in layouts if t.is_teacher and t.family == LAYOUTS[r["model"]].family), None)
-        same_in_teacher = teacher and r["model"] != teacher.name and find(
-            teacher.name, r["dtype"], r["framework"], setting, r["batch"])
+        teacher = teacher_of(LAYOUTS[r["model"]], layouts)
+        same_in_teacher = teacher and find(teacher.name, r["dtype"], r["framework"], setting, r["batch"])
         diffusers = find(r["model"], r["dtype"], "diffusers", None, r["batch"]) if r["framework"] != "diffusers" \
             else None
         default = find(r["model"], r["dtype"], r["framework"], "comfyui", r["batch"]) if setting == "pack" else None

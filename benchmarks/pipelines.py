@@ -40,6 +40,12 @@ LAYOUTS = {layout.name: layout for layout in (
 )}
 
 
+def teacher_of(layout: Layout, layouts: Sequence[Layout]) -> Layout | None:
+    """The teacher of ``layout``'s family among ``layouts``, for speed-ups over it (None: not
+    measured, or ``layout`` is that teacher)."""
+    return next((t for t in layouts if t.is_teacher and t.family == layout.family and t != layout), None)
+
+
 def layout_list(text: str) -> list[Layout]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in LAYOUTS]

@@ -37,7 +37,7 @@ from comfy_model import compute_dtype, model_attention, with_comfyui_attention
 from memory import measure_call
 from options import COMFYUI_HELP, WORKDIR, comfyui_path, csv_list, fill_defaults, smoke_help
 from output import machine_header, median, progress, ratio, save_json, table, write_stdout
-from pipelines import LAYOUTS, layout_list
+from pipelines import LAYOUTS, layout_list, teacher_of
 from workers import is_worker, run_worker, worker_main
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}  # names of torch dtypes, resolved in the worker
@@ -180,7 +180,7 @@ def main(argv=None) -> int:
     script = Path(__file__).resolve()
     for cell in (Cell(lay.name, a, d, size, batch) for size in sizes for batch in batches for d in dtypes
                  for a in attentions for lay in layouts):
-        log(f"{cell.name}")
+        log(cell.name)
         spec = {"action": "step", **cell._asdict(), "comfyui": str(comfy), "warmup": args.warmup,
                 "repeats": args.repeats, "threads": args.threads}
         r = run_worker(script, spec, workdir / "logs" / f"unet_step-{stamp}-{cell.name.replace(' ', '-')}.log",
@@ -212,8 +212,8 @@ def report(results: dict[Cell, dict], layouts) -> str:
     rows = []
     for cell, r in results.items():
         lay = LAYOUTS[cell.layout]
-        teacher = next((t for t in layouts if t.is_teacher and t.family == lay.family), None)
-        tr = results.get(cell._replace(layout=teacher.name)) if teacher and not lay.is_teacher else None
+        teacher = teacher_of(lay, layouts)
+        tr = teacher and results.get(cell._replace(layout=teacher.name))
         fp32 = results.get(cell._replace(dtype="fp32")) if cell.dtype != "fp32" else None
         rows.append([lay.name, f"{cell.size}x{cell.size}", cell.batch,
                      f"{cell.dtype} (computed in {r['comfy_compute_dtype']})",
