@@ -239,7 +239,7 @@ class Bench:
 
 def gpu_description(torch) -> dict[str, str]:
     if not torch.cuda.is_available():
-        return {"GPU": "none (CPU smoke run)"}
+        return {"GPU": "none"}
     props = torch.cuda.get_device_properties(0)
     info = {"GPU": f"{props.name}, {props.total_memory / 2**30:.0f} GiB, sm_{props.major}{props.minor}, "
                    f"{props.multi_processor_count} SMs; CUDA {torch.version.cuda}, "
