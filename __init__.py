@@ -10,6 +10,10 @@ try:
 except ImportError:
     pass
 else:
-    from .nodes.extension import comfy_entrypoint  # noqa: F401
+    # ComfyUI imports the pack as a package. pytest imports a checkout whose folder name is no
+    # Python identifier (ComfyUI-BK-SDM, as git names the clone) as a bare module, with no package
+    # for the relative import: there the pack is a folder of tests, not a node pack.
+    if __package__:
+        from .nodes.extension import comfy_entrypoint  # noqa: F401
 
 WEB_DIRECTORY = "./web"
