@@ -235,13 +235,29 @@ def run_comfyui_startup(comfy_path: Path, comfy_args: Sequence[str]) -> None:
     configure(comfy_path, comfy_args)
     root = logging.getLogger()
     before = list(root.handlers)
-    startup = importlib.import_module("main")
+    import_comfyui_module(comfy_path, "main")
     if root.handlers != before:  # ComfyUI's logging took over, as in main.py: one line per message
         for handler in before:
             root.removeHandler(handler)
-    if Path(startup.__file__).resolve() != (comfy_path / "main.py").resolve():
-        raise HostError(f"imported {startup.__file__} as ComfyUI's main.py; expected {comfy_path / 'main.py'}")
     _PATHS_APPLIED = True
+
+
+def import_comfyui_module(comfy_path: Path, name: str):
+    """ComfyUI's top-level module ``name`` (main.py, nodes.py), not a namesake elsewhere on sys.path.
+
+    The pack's ``nodes/`` package shares its name with ComfyUI's ``nodes``, and pytest puts a
+    checkout named like ComfyUI-BK-SDM ahead of ComfyUI on sys.path after :func:`configure`
+    put ComfyUI first; ComfyUI goes first again here, and a namesake already imported is refused.
+    """
+    folder = str(comfy_path)
+    if folder in sys.path:
+        sys.path.remove(folder)
+    sys.path.insert(0, folder)
+    module = importlib.import_module(name)
+    expected = comfy_path / f"{name}.py"
+    if Path(module.__file__).resolve() != expected.resolve():
+        raise HostError(f"imported {module.__file__} as ComfyUI's {name}.py; expected {expected}")
+    return module
 
 
 def start(comfy_path: Path, comfy_args: Sequence[str] = (), comfyui_startup: bool = False) -> Host:
@@ -258,8 +274,7 @@ def start(comfy_path: Path, comfy_args: Sequence[str] = (), comfyui_startup: boo
         run_comfyui_startup(comfy_path, comfy_args)
     else:
         import_folder_paths(comfy_path, comfy_args)
-    import nodes
-
+    nodes = import_comfyui_module(comfy_path, "nodes")
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
     if not asyncio.run(nodes.load_custom_node(str(PACK_DIR))):
         raise HostError(f"ComfyUI could not load this pack from {PACK_DIR}; see the log above")
