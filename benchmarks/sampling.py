@@ -127,12 +127,11 @@ class Bench:
                 compile_: bool = False) -> list[dict]:
         import comfy.model_management
 
-        import nodes
-
+        nodes = self.host.nodes
         torch, args = self.torch, self.args
         rows = []
         with torch.inference_mode():  # as ComfyUI's executor runs every node
-            loader = self.host.nodes.NODE_CLASS_MAPPINGS["BKSDMPipelineLoader"]
+            loader = nodes.NODE_CLASS_MAPPINGS["BKSDMPipelineLoader"]
             load_s, (loaded, clip, vae) = self.timed(lambda: loader.execute(
                 model_name=self.folders[layout.name].name, weight_dtype=dtype, prediction="auto").args)
             positive = nodes.CLIPTextEncode().encode(clip, PROMPT)[0]
@@ -148,7 +147,7 @@ class Bench:
                 model = loaded if attention == "pack" else with_comfyui_attention(loaded)
                 framework = "ComfyUI"
                 if compile_:
-                    compiler = self.host.nodes.NODE_CLASS_MAPPINGS["TorchCompileModel"]
+                    compiler = nodes.NODE_CLASS_MAPPINGS["TorchCompileModel"]
                     model = compiler.execute(model=model, backend="inductor").args[0]
                     framework = "ComfyUI+compile"
                 for batch in batches:

@@ -148,10 +148,8 @@ def new_executor(execution, server):
 class Host:
     """A started, in-process ComfyUI with this pack loaded."""
 
-    def __init__(self, comfy_path: Path):
+    def __init__(self, comfy_path: Path, nodes):
         import execution
-
-        import nodes
 
         self.path = comfy_path
         self.version = comfyui_version(comfy_path)
@@ -278,7 +276,7 @@ def start(comfy_path: Path, comfy_args: Sequence[str] = (), comfyui_startup: boo
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
     if not asyncio.run(nodes.load_custom_node(str(PACK_DIR))):
         raise HostError(f"ComfyUI could not load this pack from {PACK_DIR}; see the log above")
-    _HOST = Host(comfy_path)
+    _HOST = Host(comfy_path, nodes)
     return _HOST
 
 
