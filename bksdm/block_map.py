@@ -27,13 +27,24 @@ STUDENT_LAYOUTS = ("base", "small", "tiny", "teacher")
 ALIGNMENTS = ("stage_output", "initialization")
 
 
-def require_known_layout(student: UNetSpec, source) -> str:
+# What to do when SD weights meet a U-Net the init map does not cover, by the node that asked.
+UNMAPPED_FIX = {
+    "lora": "load a LoRA trained on this U-Net with the stock Load LoRA node instead: Load SD LoRA onto BK-SDM maps "
+            "SD LoRAs onto the published BK-SDM layouts (Base, Small, Tiny) only",
+    "controlnet": "remove BK-SDM ControlNet Alignment and apply a ControlNet trained for this U-Net, which needs no "
+                  "alignment: SD ControlNets map onto the published BK-SDM layouts (Base, Small, Tiny) only",
+    None: "use LoRAs, ControlNets and patches trained for this U-Net: SD ones map onto the published BK-SDM "
+          "layouts (Base, Small, Tiny) only",
+}
+
+
+def require_known_layout(student: UNetSpec, source, asked_by: str | None = None) -> str:
+    """The layout name, or a refusal for a layout without a map; ``asked_by`` ('lora', 'controlnet') picks the fix."""
     layout = classify_layout(student)
     if layout not in STUDENT_LAYOUTS:
         raise UnsupportedModelError(path=source,
                                     expected=f"a U-Net in one of the BK-SDM layouts ({', '.join(STUDENT_LAYOUTS)})",
-                                    found=f"a custom layout ({student.describe()})",
-                                    fix="teacher LoRAs and ControlNets can only be mapped onto the published layouts")
+                                    found=f"a custom layout ({student.describe()})", fix=UNMAPPED_FIX[asked_by])
     return layout
 
 

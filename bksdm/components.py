@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .detect import LDM_PREFIX, detect_unet
-from .errors import BKSDMError, ModelNotFoundError, WeightsMismatchError
+from .errors import FILE, FOLDER, BKSDMError, WeightsMismatchError
 from .pipeline import ModelFolder, weights_file
 from .text_encoder import normalize_text_encoder, split_checkpoint_text_encoder
 from .unet_config import spec_from_config_file
@@ -26,6 +26,10 @@ from .variants import classify_layout
 from .weights import load_state_dict, tensor_shapes
 
 log = logging.getLogger(__name__)
+
+WHOLE_MODEL = ("Load BK-SDM Checkpoint needs the U-Net, text encoder and VAE in one file: choose the model's whole "
+               "checkpoint (Convert BK-SDM Folder to Checkpoint writes one), or load its diffusers folder with "
+               "Load BK-SDM Pipeline")
 
 
 @dataclass
@@ -51,13 +55,14 @@ def load_unet(folder: ModelFolder, prefer_half: bool, dtype=None, mmap: bool = T
     shapes = tensor_shapes(path)
     spec = read_unet_spec(folder)
     if spec is None:
-        spec, naming, _ = detect_unet(shapes, path)
+        spec, naming, _ = detect_unet(shapes, path, FOLDER)
         log.info("BK-SDM: %s has no config.json; detected %s", folder.unet_dir, spec.describe())
         if naming != "diffusers":
             raise WeightsMismatchError(path=path, expected="diffusers U-Net tensor names in a diffusers folder",
                                        found="ComfyUI/LDM names (a checkpoint-style file)",
-                                       fix="put single-file checkpoints in models/checkpoints and use the "
-                                       "BK-SDM checkpoint loader")
+                                       fix="replace it with the model's diffusers U-Net weights (download the "
+                                       "model folder again); a whole single-file checkpoint goes in "
+                                       "models/checkpoints, for Load BK-SDM Checkpoint")
     try:  # names and shapes are checked from the header, before any weight is read
         check_diffusers_unet(shapes, spec, path, spec.describe())
     except WeightsMismatchError as mismatch:
@@ -69,7 +74,7 @@ def load_unet(folder: ModelFolder, prefer_half: bool, dtype=None, mmap: bool = T
 def _explain_mismatch(mismatch: WeightsMismatchError, shapes, spec: UNetSpec, path: str) -> WeightsMismatchError:
     """Say what the weights are when they disagree with config.json, if they are a known layout."""
     try:
-        actual, _, _ = detect_unet(shapes, path)
+        actual, _, _ = detect_unet(shapes, path, FOLDER)
     except BKSDMError:  # not a U-Net we recognise: the tensor listing says more
         return mismatch
     config = os.path.join(os.path.dirname(path), "config.json")
@@ -114,25 +119,27 @@ def split_checkpoint(state_dict: Mapping, metadata: Mapping, path: str) -> Check
     """Split a single-file SD checkpoint into validated U-Net, text encoder and VAE."""
     unet = {k[len(LDM_PREFIX):]: v for k, v in state_dict.items() if k.startswith(LDM_PREFIX)}
     if not unet:
-        raise ModelNotFoundError(path=path, expected=f"a full checkpoint (U-Net tensors under '{LDM_PREFIX}')",
-                                 found=f"{len(state_dict)} tensors and no U-Net among them",
-                                 fix="a diffusers U-Net file belongs in a model folder with its config.json; "
-                                 "load that with the BK-SDM U-Net loader")
-    spec, _, renames = detect_unet({k: tuple(v.shape) for k, v in unet.items()}, path)
+        diffusers_unet = "conv_in.weight" in state_dict  # a diffusers U-Net file, which lives in a folder
+        raise WeightsMismatchError(path=path, expected=f"a full checkpoint (U-Net tensors under '{LDM_PREFIX}')",
+                                   found=f"{len(state_dict)} tensors and no U-Net among them"
+                                   + (" (diffusers U-Net names)" if diffusers_unet else ""),
+                                   fix="put it, as diffusion_pytorch_model.safetensors, in a folder in models/"
+                                   "diffusers with the model's unet/config.json, and load that with Load BK-SDM U-Net"
+                                   if diffusers_unet
+                                   else "choose a whole SD 1.x/2.x checkpoint (U-Net, text encoder and VAE in one "
+                                   "file); LoRAs, VAEs and ControlNets go in their own folders and nodes")
+    spec, _, renames = detect_unet({k: tuple(v.shape) for k, v in unet.items()}, path, FILE)
     if renames:
         log.info("BK-SDM: %s uses the gapped block numbering of diffusers' conversion script; renumbered %d tensors",
                  path, len(renames))
     unet = {renames.get(k, k): v for k, v in unet.items()}
     text_encoder = split_checkpoint_text_encoder(state_dict, spec.family)
-    if not text_encoder:
-        raise ModelNotFoundError(path=path, expected=f"the {spec.family.title} text encoder inside the checkpoint",
-                                 found="a checkpoint without a text encoder",
-                                 fix="load the U-Net with a U-Net loader and the text encoder with Load CLIP")
     vae = split_checkpoint_vae(state_dict)
-    if not vae:
-        raise ModelNotFoundError(path=path, expected="the VAE inside the checkpoint",
-                                 found="a checkpoint without a VAE",
-                                 fix="add a Load VAE node for the SD VAE")
+    if not text_encoder or not vae:  # Load BK-SDM Checkpoint gives all three, so it needs all three
+        part = f"the {spec.family.title} text encoder" if not text_encoder else "the VAE"
+        raise WeightsMismatchError(path=path, expected=f"{part} inside the checkpoint",
+                                   found=f"a checkpoint without {part}",
+                                   fix=WHOLE_MODEL)
     check_vae(vae, path)
     return CheckpointParts(
         unet=UNetWeights(spec, unet, path),

@@ -65,7 +65,7 @@ class ControlRemap:
         if not self.is_teacher_control(control):
             return control
         if self.residual_indices is None:
-            raise self.refusal()
+            raise self.refusal(control)
         fitted = dict(control)
         if len(control.get("output") or []) == self.teacher_skips:
             residuals = control["output"]  # indexed by skip; the decoder pops from the end
@@ -77,12 +77,16 @@ class ControlRemap:
             fitted["input"] = [features[i] for i in self.feature_indices][::-1]
         return fitted
 
-    def refusal(self) -> UnsupportedModelError:
+    def refusal(self, control: dict) -> UnsupportedModelError:
+        # The control dict is all that reaches the U-Net: no file name, but which kind made it.
+        kinds = [kind for key, kind in (("output", "ControlNet"), ("input", "T2I-Adapter"))
+                 if len(control.get(key) or []) == self.teacher_skips]
+        made = " and ".join(f"an SD {kind}" for kind in kinds)
         return UnsupportedModelError(
             path=None,
-            expected=f"a ControlNet or T2I-Adapter for this {self.layout_name} U-Net ({self.student_skips} skip "
-            "connections)",
-            found=f"one made for the full SD U-Net ({self.teacher_skips} skips); applied as it is, most of its control "
-            "would land on the wrong blocks or nowhere",
-            fix="SD control can be mapped onto the published BK-SDM layouts (Base, Small, Tiny) only: use a "
-            "ControlNet trained for this U-Net")
+            expected=f"control for this {self.layout_name} U-Net ({self.student_skips} skip connections)",
+            found=f"control from {made}, made for the full SD U-Net ({self.teacher_skips} skips); applied as it is, "
+            "most of it would land on the wrong blocks or nowhere",
+            fix=f"remove the Apply ControlNet node (or other control node) that applies the SD {' or '.join(kinds)} "
+            "to this model's conditioning, or apply one trained for this U-Net: SD control maps onto the published "
+            "BK-SDM layouts (Base, Small, Tiny) only")

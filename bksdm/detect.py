@@ -18,8 +18,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
-from .errors import UnsupportedModelError, WeightsMismatchError
-from .unet_config import SEE_ALSO, family_for_context_dim
+from .errors import ELSEWHERE, FILE, UnsupportedModelError, WeightsMismatchError
+from .unet_config import family_for_context_dim
 from .unet_keys import check_tensors, unet_tensors
 from .unet_spec import NO_MIDDLE, UNetSpec, spec_from_unet_config
 
@@ -47,13 +47,13 @@ def unet_naming(keys: Iterable[str]) -> str | None:
     return None
 
 
-def refuse_foreign(keys: Iterable[str], source) -> None:
+def refuse_foreign(keys: Iterable[str], source, origin: str) -> None:
     """Raise a clear error if the tensors belong to a known non-SD-1/2 architecture."""
     keys = {k[len(LDM_PREFIX):] if k.startswith(LDM_PREFIX) else k for k in keys}
     for marker, name in FOREIGN_MARKERS:
         if marker in keys:
             raise UnsupportedModelError(path=source, expected="an SD 1.x / 2.x U-Net (BK-SDM or a full teacher)",
-                                        found=f"{name} weights (tensor '{marker}')", fix=SEE_ALSO)
+                                        found=f"{name} weights (tensor '{marker}')", fix=ELSEWHERE[origin])
 
 
 def _indices(keys: Iterable[str], prefix: str) -> list[int]:
@@ -65,7 +65,9 @@ def _count(keys: set[str], prefix: str, source) -> int:
     found = _indices(keys, prefix)
     if found != list(range(len(found))):
         raise WeightsMismatchError(path=source, expected=f"'{prefix}N' numbered 0, 1, 2, ...", found=f"indices {found}",
-                                   fix="the file is damaged or was converted with a tool that renumbers blocks")
+                                   fix="the file is damaged, or a tool renumbered its blocks in a way the pack cannot "
+                                   "repair: download it again, or convert the model folder with Convert BK-SDM Folder "
+                                   "to Checkpoint")
     return len(found)
 
 
@@ -74,18 +76,19 @@ def _depth(keys: set[str], prefix: str, source) -> int:
     return _count(keys, f"{prefix}.transformer_blocks.", source) if f"{prefix}.proj_in.weight" in keys else 0
 
 
-def _spec(shapes: Mapping[str, tuple], source, *, attention_key: str, stem: tuple[str, str],
+def _spec(shapes: Mapping[str, tuple], source, origin: str, *, attention_key: str, stem: tuple[str, str],
           **structure) -> UNetSpec:
     if attention_key is None:
         raise UnsupportedModelError(path=source, expected="an SD U-Net with cross-attention",
-                                    found="no attention layers at all", fix=SEE_ALSO)
+                                    found="no attention layers at all", fix=ELSEWHERE[origin])
     context_dim = shapes[attention_key.replace("proj_in.weight", "transformer_blocks.0.attn2.to_k.weight")][1]
-    family = family_for_context_dim(context_dim, source)
+    family = family_for_context_dim(context_dim, source, origin)
     linear = len(shapes[attention_key]) == 2
     if linear is not family.linear_projection:
         kind = "linear" if linear else "convolutional"
         raise UnsupportedModelError(path=source, expected=f"{family.title} attention projections",
-                                    found=f"{kind} projections with {context_dim}-wide cross-attention", fix=SEE_ALSO)
+                                    found=f"{kind} projections with {context_dim}-wide cross-attention",
+                                    fix=ELSEWHERE[origin])
     conv_in, conv_out = stem
     # A block without the attention the rest of its level has is a block with missing tensors:
     # each level takes its deepest attention, and the check of the whole tensor set names them.
@@ -95,7 +98,7 @@ def _spec(shapes: Mapping[str, tuple], source, *, attention_key: str, stem: tupl
                                                                [n + 1 for n in res_blocks])
     unet_config = dict(in_channels=shapes[conv_in][1], out_channels=shapes[conv_out][0],
                        model_channels=shapes[conv_in][0], **structure)  # ComfyUI's form, as its detector gives it
-    return spec_from_unet_config(family, unet_config, source)
+    return spec_from_unet_config(family, unet_config, source, origin)
 
 
 def _deepest_per_level(depths: list[int], blocks_per_level: list[int]) -> list[int]:
@@ -106,23 +109,23 @@ def _deepest_per_level(depths: list[int], blocks_per_level: list[int]) -> list[i
     return out
 
 
-def _check_middle(keys: set[str], resnet: str, attention: str, source) -> int:
+def _check_middle(keys: set[str], resnet: str, attention: str, source, origin: str) -> int:
     if f"{attention}.proj_in.weight" in keys:
         return _depth(keys, attention, source)
     if any(k.startswith(resnet) for k in keys):
         raise UnsupportedModelError(path=source, expected="a middle block with cross-attention, or none",
-                                    found="a middle block without attention", fix=SEE_ALSO)
+                                    found="a middle block without attention", fix=ELSEWHERE[origin])
     return NO_MIDDLE
 
 
-def _levels_multiple(channels: list[int], source) -> list[int]:
+def _levels_multiple(channels: list[int], source, origin: str) -> list[int]:
     if any(c % channels[0] for c in channels):
         raise UnsupportedModelError(path=source, expected="level widths that are multiples of the first",
-                                    found=f"level widths {channels}", fix=SEE_ALSO)
+                                    found=f"level widths {channels}", fix=ELSEWHERE[origin])
     return [c // channels[0] for c in channels]
 
 
-def _detect_diffusers(shapes: Mapping[str, tuple], source) -> UNetSpec:
+def _detect_diffusers(shapes: Mapping[str, tuple], source, origin: str) -> UNetSpec:
     keys = set(shapes)
     levels = _count(keys, "down_blocks.", source)
     if levels == 0 or _count(keys, "up_blocks.", source) != levels:
@@ -145,15 +148,15 @@ def _detect_diffusers(shapes: Mapping[str, tuple], source) -> UNetSpec:
         depth_out += [_depth(keys, f"{up}.attentions.{i}", source) for i in range(num_res[level] + 1)]
         if attention_key is None and f"{up}.attentions.0.proj_in.weight" in keys:
             attention_key = f"{up}.attentions.0.proj_in.weight"
-    middle = _check_middle(keys, "mid_block.resnets.", "mid_block.attentions.0", source)
+    middle = _check_middle(keys, "mid_block.resnets.", "mid_block.attentions.0", source, origin)
     if attention_key is None and middle > 0:
         attention_key = "mid_block.attentions.0.proj_in.weight"
-    return _spec(shapes, source, attention_key=attention_key, stem=("conv_in.weight", "conv_out.weight"),
-                 channel_mult=_levels_multiple(channels, source), num_res_blocks=num_res,
+    return _spec(shapes, source, origin, attention_key=attention_key, stem=("conv_in.weight", "conv_out.weight"),
+                 channel_mult=_levels_multiple(channels, source, origin), num_res_blocks=num_res,
                  transformer_depth=depth_in, transformer_depth_output=depth_out, transformer_depth_middle=middle)
 
 
-def _detect_ldm(shapes: Mapping[str, tuple], source) -> UNetSpec:
+def _detect_ldm(shapes: Mapping[str, tuple], source, origin: str) -> UNetSpec:
     keys = set(shapes)
     channels, num_res, depth_in, attention_key = [], [0], [], None
     for n in range(1, _count(keys, "input_blocks.", source)):
@@ -176,15 +179,15 @@ def _detect_ldm(shapes: Mapping[str, tuple], source) -> UNetSpec:
     if attention_key is None:
         attention_key = next((f"output_blocks.{n}.1.proj_in.weight" for n in range(outputs)
                               if f"output_blocks.{n}.1.proj_in.weight" in keys), None)
-    middle = _check_middle(keys, "middle_block.", "middle_block.1", source)
+    middle = _check_middle(keys, "middle_block.", "middle_block.1", source, origin)
     if attention_key is None and middle > 0:
         attention_key = "middle_block.1.proj_in.weight"
     if len(channels) != len(num_res) or 0 in num_res:
         raise WeightsMismatchError(path=source, expected="res blocks on every level",
                                    found=f"res blocks per level {num_res}",
                                    fix="the file is damaged: re-download it")
-    return _spec(shapes, source, attention_key=attention_key, stem=("input_blocks.0.0.weight", "out.2.weight"),
-                 channel_mult=_levels_multiple(channels, source), num_res_blocks=num_res,
+    return _spec(shapes, source, origin, attention_key=attention_key, stem=("input_blocks.0.0.weight", "out.2.weight"),
+                 channel_mult=_levels_multiple(channels, source, origin), num_res_blocks=num_res,
                  transformer_depth=depth_in, transformer_depth_output=depth_out, transformer_depth_middle=middle)
 
 
@@ -229,24 +232,27 @@ def gapped_ldm_renames(keys: Iterable[str]) -> dict[str, str]:
     return {k: v for k, v in renames.items() if k != v}
 
 
-def detect_unet(shapes: Mapping[str, tuple], source) -> tuple[UNetSpec, str, dict[str, str]]:
+def detect_unet(shapes: Mapping[str, tuple], source, origin: str = FILE) -> tuple[UNetSpec, str, dict[str, str]]:
     """Detect the layout of a U-Net from tensor names and shapes.
 
     ``shapes`` maps U-Net tensor names (no checkpoint prefix) to shapes. Returns the
     spec, the naming ('diffusers' or 'ldm') and, for LDM names, the renames that make
     a gapped layout contiguous (empty when it already is). The whole tensor set is
-    checked against the detected layout.
+    checked against the detected layout. ``origin``, errors.FILE or FOLDER (a diffusers folder
+    without config.json), picks what a refusal tells the user to load the model with instead.
     """
-    refuse_foreign(shapes, source)
+    refuse_foreign(shapes, source, origin)
     naming = unet_naming(shapes)
     if naming is None:
         raise UnsupportedModelError(path=source, expected="U-Net weights (diffusers 'conv_in.weight' or LDM "
                                     "'input_blocks.0.0.weight')", found="neither",
-                                    fix="choose a Stable Diffusion U-Net or checkpoint file")
+                                    fix="choose a Stable Diffusion checkpoint file" if origin == FILE
+                                    else "put the model's U-Net weights here: download the model folder again")
     renames = gapped_ldm_renames(shapes) if naming == "ldm" else {}
     shapes = {renames.get(k, k): tuple(v) for k, v in shapes.items()}
     try:
-        spec = _detect_diffusers(shapes, source) if naming == "diffusers" else _detect_ldm(shapes, source)
+        detect = _detect_diffusers if naming == "diffusers" else _detect_ldm
+        spec = detect(shapes, source, origin)
     except (KeyError, IndexError) as e:  # a block without one of its defining tensors
         raise WeightsMismatchError(path=source, expected="complete U-Net blocks", found=f"a block without tensor {e}",
                                    fix="the file is damaged or incomplete: re-download it") from None

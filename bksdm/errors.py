@@ -76,6 +76,21 @@ class ExportError(BKSDMError):
     title = "cannot write the file"
 
 
+# Where a model this pack refuses can load instead, by what the user gave the pack. ComfyUI's
+# own loaders read single files; its one node for a diffusers folder, Load Diffusers Model
+# (DiffusersLoader, deprecated), reads a pipeline folder's unet/ (never a transformer/) and only
+# a U-Net its comfy/model_detection.py recognises (SD 1.x/2.x, SDXL and its distillations).
+FILE, FOLDER, MODEL = "file", "folder", "model"
+ELSEWHERE = {
+    FILE: "if ComfyUI supports this model, load the file with ComfyUI's own Load Checkpoint (a whole checkpoint, "
+          "in models/checkpoints) or Load Diffusion Model (a U-Net or transformer alone, in models/diffusion_models)",
+    FOLDER: "if ComfyUI supports this model, use ComfyUI's own loaders: Load Diffusers Model reads a pipeline folder "
+            "in models/diffusers whose unet/ ComfyUI recognises (SD 1.x/2.x, SDXL; not SD3 or Flux), Load Diffusion "
+            "Model a U-Net or transformer file in models/diffusion_models, Load Checkpoint a single-file checkpoint",
+    MODEL: "connect the MODEL of a BK-SDM loader (this node reads SD 1.x/2.x U-Net layouts only)",
+}
+
+
 def _rebuild(cls: type[BKSDMError], path, expected, found, fix) -> BKSDMError:
     return cls(path=path, expected=expected, found=found, fix=fix)
 

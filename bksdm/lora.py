@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 
-from .block_map import block_map
+from .block_map import block_map, require_known_layout
 from .unet_keys import unet_blocks
 from .unet_spec import UNetSpec
 
@@ -87,7 +87,7 @@ class TransferReport:
 
 def transfer_lora(lora: Mapping, student: UNetSpec, source=None) -> tuple[dict, TransferReport]:
     """Rename a teacher LoRA for ``student``. Tensors are not copied."""
-    report = TransferReport(block_map(student, source).layout)  # refuses a layout without a map
+    report = TransferReport(require_known_layout(student, source, "lora"))  # before anything else uses the map
     table = _teacher_modules(student)
     out = {}
     for key, value in lora.items():

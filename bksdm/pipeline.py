@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import shlex
 from dataclasses import dataclass
 
 from .errors import InvalidFileError, ModelNotFoundError, UnsupportedModelError
@@ -28,6 +30,9 @@ WEIGHT_STEMS = {  # component -> (safetensors stem, pickle stem)
 SD_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 HIDDEN_PREFIX = "."  # staging folders of unfinished downloads are hidden, never listed
+# The index of weights saved in parts (diffusers/transformers' max_shard_size), variant or not:
+# diffusion_pytorch_model.safetensors.index.json, model.safetensors.index.fp16.json, ...
+SHARD_INDEX = re.compile(r"(.+)\.(?:safetensors|bin)\.index(?:\.(\w+))?\.json")
 
 
 @dataclass(frozen=True)
@@ -116,14 +121,19 @@ def _check_pipeline_index(path: str) -> None:
     index_path = os.path.join(path, PIPELINE_INDEX)
     index = read_config(index_path)
     pipeline = index.get("_class_name", "")
-    if "unet" not in index and "transformer" in index:
+    if "unet" not in index and "transformer" in index:  # ComfyUI's DiffusersLoader reads unet/ only
         raise UnsupportedModelError(path=index_path, expected="a U-Net pipeline (SD 1.x / 2.x family)",
                                     found=f"a transformer-based pipeline ('{pipeline}')",
-                                    fix="load it with ComfyUI's own loaders")
+                                    fix="ComfyUI loads no diffusers folder of a transformer model (SD3, Flux...): get "
+                                    "the model's single-file release and load it with Load Checkpoint (a whole "
+                                    "checkpoint, in models/checkpoints) or Load Diffusion Model (the transformer "
+                                    "alone, in models/diffusion_models)")
     if "XL" in pipeline:
         raise UnsupportedModelError(path=index_path, expected="an SD 1.x / 2.x pipeline",
                                     found=f"an SDXL pipeline ('{pipeline}')",
-                                    fix="load SDXL models with ComfyUI's own loaders")
+                                    fix="load this folder with ComfyUI's own Load Diffusers Model node (it lists "
+                                    "the pipeline folders in models/diffusers), or an SDXL single-file checkpoint "
+                                    "with Load Checkpoint")
 
 
 def weights_file(folder: ModelFolder, component: str, prefer_half: bool) -> str:
@@ -143,12 +153,31 @@ def weights_file(folder: ModelFolder, component: str, prefer_half: bool) -> str:
                 raise InvalidFileError(path=path, expected="weights", found="an empty file",
                                        fix="the download is incomplete: download it again")
             return path
-    if any(n.endswith(".index.json") for n in os.listdir(directory)):
-        found = "sharded weights (an .index.json with several parts)"
-    else:
-        found = _listing(directory)
-    raise ModelNotFoundError(path=directory, expected=f"one of {', '.join(candidates)}", found=found,
+    index = next((n for n in sorted(os.listdir(directory)) if SHARD_INDEX.fullmatch(n)), None)
+    if index is not None:
+        raise UnsupportedModelError(path=directory, expected=f"one weights file: {', '.join(candidates)}",
+                                    found=f"weights split into parts ({index}), which this pack does not read",
+                                    fix="download the model's weights as one file into this folder, or merge the "
+                                    f"parts into one with ComfyUI's Python: "
+                                    f"{merge_shards_command(directory, index, safe_stem)}")
+    raise ModelNotFoundError(path=directory, expected=f"one of {', '.join(candidates)}", found=_listing(directory),
                              fix="download the model's weights into this folder (safetensors preferred)")
+
+
+def merge_shards_command(directory: str, index: str, stem: str) -> str:
+    """A shell command that writes the parts ``index`` lists as the one file the pack reads."""
+    variant = SHARD_INDEX.fullmatch(index).group(2)
+    output = f"{stem}{'.' + variant if variant else ''}.safetensors"
+    if ".safetensors.index." in index:
+        imports = "from safetensors.torch import load_file as load, save_file"
+    else:  # pickled parts: tensors only, nothing they name is run
+        imports = ('import torch; from safetensors.torch import save_file; '
+                   'load = lambda p: torch.load(p, map_location="cpu", weights_only=True)')
+    code = (f"import json, os; {imports}; d = {json.dumps(directory)}; "
+            f'parts = set(json.load(open(os.path.join(d, {json.dumps(index)})))["weight_map"].values()); '
+            f"save_file({{k: v for p in parts for k, v in load(os.path.join(d, p)).items()}}, "
+            f"os.path.join(d, {json.dumps(output)}))")
+    return f"python -c {shlex.quote(code)}"
 
 
 def prediction_type(folder: ModelFolder) -> str:
@@ -162,7 +191,9 @@ def prediction_type(folder: ModelFolder) -> str:
     if value not in PREDICTION_TYPES:
         raise UnsupportedModelError(path=path, expected=f"'prediction_type' one of {', '.join(PREDICTION_TYPES)}",
                                     found=f"'prediction_type': {json.dumps(value)}",
-                                    fix="this model predicts something ComfyUI's SD sampling does not support")
+                                    fix="if the model was trained to predict noise or v, pick epsilon or "
+                                    "v_prediction in the loader's prediction input instead of auto; ComfyUI's SD "
+                                    "sampling runs no other kind")
     differs = {k: config[k] for k, v in SD_SCHEDULE.items() if k in config and config[k] != v}
     if differs:
         log.warning("BK-SDM: %s declares a noise schedule %s that differs from the SD one ComfyUI samples with %s; "

@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .errors import UnsupportedModelError, WeightsMismatchError, summarize
+from .errors import WeightsMismatchError, summarize
 from .unet_keys import check_tensors
 from .unet_spec import Family
 
@@ -86,7 +86,8 @@ def normalize_text_encoder(state_dict: Mapping, family: Family, source) -> dict:
     if layout is None:
         raise WeightsMismatchError(path=source, expected="a CLIP text encoder (transformers or OpenCLIP names)",
                                    found=f"{len(sd)} tensors such as {summarize(list(sd)[:3], 3)}",
-                                   fix="choose the pipeline's text_encoder weights, or re-download them")
+                                   fix="download the model again: its text encoder is damaged or something else is "
+                                   "in its place")
     marker, layer_prefix, schema = LAYOUTS[layout]
     hidden = sd[marker].shape[-1]
     te = TEXT_ENCODERS[family.name]
@@ -94,8 +95,9 @@ def normalize_text_encoder(state_dict: Mapping, family: Family, source) -> dict:
         other = next((t for t in TEXT_ENCODERS.values() if t.hidden == hidden), None)
         found = f"a {other.family.upper()} text encoder (width {hidden})" if other else f"width {hidden}"
         expected = f"the {family.title} text encoder ({family.text_encoder}, width {te.hidden})"
-        raise UnsupportedModelError(path=source, expected=expected, found=found,
-                                    fix="use the text encoder that belongs to this U-Net")
+        raise WeightsMismatchError(path=source, expected=expected, found=found,  # parts of two models
+                                   fix="the text encoder belongs to another model than the U-Net: download the "
+                                   "model folder again, all of it from the model's repository")
     layers = len({int(m.group(1)) for k in sd if (m := re.match(re.escape(layer_prefix) + r"(\d+)\.", k))})
     if layers not in te.layers:
         raise WeightsMismatchError(path=source,

@@ -16,7 +16,7 @@ import json
 import os
 from typing import Any
 
-from .errors import InvalidConfigError, UnsupportedModelError
+from .errors import ELSEWHERE, FILE, FOLDER, InvalidConfigError, UnsupportedModelError
 from .unet_spec import FAMILIES, Family, Level, UNetSpec
 
 DOWN_BLOCKS = {"CrossAttnDownBlock2D": True, "DownBlock2D": False}  # type -> has attention
@@ -68,7 +68,16 @@ OTHER_ARCHITECTURES = {
     "PixArtTransformer2DModel": "PixArt",
 }
 
-SEE_ALSO = "load it with ComfyUI's own loaders (Load Checkpoint / Load Diffusion Model)"
+# A config.json is always part of a diffusers folder.
+SEE_ALSO = ELSEWHERE[FOLDER]
+# SDXL, the one family people often mistake for SD, by what ComfyUI's loaders read of it.
+SDXL_ELSEWHERE = {
+    FILE: "load SDXL files with ComfyUI's own Load Checkpoint (a whole checkpoint, in models/checkpoints) or "
+          "Load Diffusion Model (a U-Net alone, in models/diffusion_models)",
+    FOLDER: "load SDXL with ComfyUI's own loaders: Load Diffusers Model reads a whole SDXL pipeline folder in "
+            "models/diffusers, Load Diffusion Model an SDXL U-Net's diffusion_pytorch_model.safetensors in "
+            "models/diffusion_models, Load Checkpoint a single-file SDXL checkpoint",
+}
 
 
 def read_config(path: str | os.PathLike) -> dict:
@@ -88,16 +97,17 @@ def read_config(path: str | os.PathLike) -> dict:
     return config
 
 
-def family_for_context_dim(context_dim: int, source) -> Family:
+def family_for_context_dim(context_dim: int, source, origin: str) -> Family:
+    """The family of a cross-attention width; ``origin`` (errors.FILE or FOLDER) picks the fix."""
     for family in FAMILIES.values():
         if family.context_dim == context_dim:
             return family
     if context_dim == 2048:
         raise UnsupportedModelError(path=source, expected="an SD 1.x or 2.x U-Net (cross-attention width 768 or 1024)",
-                                    found="an SDXL U-Net (cross-attention width 2048)", fix=SEE_ALSO)
+                                    found="an SDXL U-Net (cross-attention width 2048)", fix=SDXL_ELSEWHERE[origin])
     raise UnsupportedModelError(path=source, expected="cross-attention width 768 (SD 1.x) or 1024 (SD 2.x)",
                                 found=f"cross-attention width {context_dim}",
-                                fix="this U-Net belongs to another model family; " + SEE_ALSO)
+                                fix="this U-Net belongs to another model family; " + ELSEWHERE[origin])
 
 
 def spec_from_diffusers_config(config: dict, source: str | os.PathLike | None = None) -> UNetSpec:
@@ -111,7 +121,7 @@ def spec_from_diffusers_config(config: dict, source: str | os.PathLike | None = 
     context_dim = config.get("cross_attention_dim", 1280)
     if not isinstance(context_dim, int) or isinstance(context_dim, bool):
         _unsupported_value(config, "cross_attention_dim", "one integer", source)
-    family = family_for_context_dim(context_dim, source)
+    family = family_for_context_dim(context_dim, source, FOLDER)
     channels = _int_list(config, "block_out_channels", source)
     n_levels = len(channels)
     down_types = _str_list(config, "down_block_types", n_levels, source)

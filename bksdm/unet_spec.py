@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .errors import UnsupportedModelError
+from .errors import ELSEWHERE, MODEL, UnsupportedModelError
 
 NO_MIDDLE = -2  # ComfyUI's transformer_depth_middle for "no middle block"
 
@@ -110,8 +110,9 @@ class UNetSpec:
         }
 
 
-def spec_from_unet_config(family: Family, unet_config: Mapping, source=None) -> UNetSpec:
-    """The spec of a ComfyUI SD U-Net config (``detect_unet_config``'s form, or a MODEL's own)."""
+def spec_from_unet_config(family: Family, unet_config: Mapping, source=None, origin: str = MODEL) -> UNetSpec:
+    """The spec of a ComfyUI SD U-Net config (``detect_unet_config``'s form, or a MODEL's own);
+    ``origin`` (errors.FILE, FOLDER or MODEL) picks what a refusal tells the user to do."""
     c = unet_config
     mc, mults = c["model_channels"], list(c["channel_mult"])
     res_blocks = c["num_res_blocks"]
@@ -125,7 +126,7 @@ def spec_from_unet_config(family: Family, unet_config: Mapping, source=None) -> 
             raise UnsupportedModelError(
                 path=source, expected="the same attention depth for every block of a level, as SD U-Nets have",
                 found=f"depths {down_depths} (down) and {up_depths} (up) on level {len(levels)}",
-                fix="this U-Net is not an SD 1.x/2.x layout: load it with ComfyUI's own loaders")
+                fix=ELSEWHERE[origin])
         levels.append(Level(mult * mc, n, down_depths[0], up_depths[0]))
     middle = c["transformer_depth_middle"]
     return UNetSpec(family=family, levels=tuple(levels), middle_depth=None if middle == NO_MIDDLE else middle,

@@ -104,7 +104,8 @@ def check_vae(state_dict: Mapping, source) -> None:
     else:
         raise WeightsMismatchError(path=source, expected="an SD VAE (AutoencoderKL)",
                                    found=f"{len(state_dict)} tensors of something else",
-                                   fix="choose the pipeline's vae weights, or re-download them")
+                                   fix="download the model again: its VAE is damaged or something else is in its "
+                                   "place")
     expected = vae_tensors(naming)
     check_tensors({k: tuple(v.shape) for k, v in found.items() if k in expected}, expected, source, "the SD VAE")
 

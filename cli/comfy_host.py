@@ -280,14 +280,35 @@ def start(comfy_path: Path, comfy_args: Sequence[str] = (), comfyui_startup: boo
     return _HOST
 
 
-def start_for_tools(comfy_path: Path | None, comfy_args: Sequence[str] = ()) -> Host:
-    """Start the ComfyUI a command was pointed at (or the one found), on the CPU if there is no GPU."""
-    comfy_path = locate_comfyui(comfy_path, "set COMFYUI_PATH or pass --comfyui")
+# ComfyUI's flags that choose a device; with one of them the user has chosen.
+DEVICE_FLAGS = ("--cpu", "--directml", "--cuda-device", "--oneapi-device-selector")
+
+
+def accelerators() -> list[str]:
+    """The accelerators ComfyUI looks for that this machine has: CUDA (and ROCm), Apple MPS and Intel
+    XPU as torch reports them, Ascend and Cambricon where their torch plug-in is installed."""
     import torch
 
-    flags = list(comfy_args)
-    if not torch.cuda.is_available() and "--cpu" not in flags:
-        flags.append("--cpu")
-    return start(comfy_path, flags, comfyui_startup=True)
+    found = ["cuda"] if torch.cuda.is_available() else []
+    if torch.backends.mps.is_available():
+        found.append("mps")
+    if hasattr(torch, "xpu") and torch.xpu.is_available():
+        found.append("xpu")
+    found += [plugin for plugin in ("torch_npu", "torch_mlu") if importlib.util.find_spec(plugin)]
+    return found
 
 
+def device_args(comfy_args: Sequence[str], found: Sequence[str]) -> list[str]:
+    """``comfy_args`` as given, with ``--cpu`` added only where torch reports no GPU ComfyUI runs on
+    and the user named no device: ComfyUI picks among the GPUs, but with none it stops instead of
+    falling back to the CPU."""
+    if found or any(arg.split("=")[0] in DEVICE_FLAGS for arg in comfy_args):
+        return list(comfy_args)
+    log.info("no GPU found (CUDA, ROCm, Apple MPS, Intel XPU, Ascend, Cambricon): running ComfyUI on the CPU (--cpu)")
+    return [*comfy_args, "--cpu"]
+
+
+def start_for_tools(comfy_path: Path | None, comfy_args: Sequence[str] = ()) -> Host:
+    """Start the ComfyUI a command was pointed at (or the one found), on the device ComfyUI picks."""
+    comfy_path = locate_comfyui(comfy_path, "set COMFYUI_PATH or pass --comfyui")
+    return start(comfy_path, device_args(comfy_args, accelerators()), comfyui_startup=True)

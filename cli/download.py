@@ -1,6 +1,6 @@
 """Download a BK-SDM model into ComfyUI's diffusers models folder.
 
-    python -m cli.download bk-sdm-small [--weights fp16|fp32|both] [--dest DIR] [--comfyui PATH]
+    python path/to/ComfyUI-BK-SDM download bk-sdm-small [--weights fp16|fp32|both] [--dest DIR] [--comfyui PATH]
 
 The model is a registry name (``bk-sdm-small``, ``nota-ai/bk-sdm-v2-tiny``) or a Hugging
 Face repo id ``owner/name``. Without ``--dest`` it goes to the first ``diffusers`` folder
@@ -26,7 +26,7 @@ log = logging.getLogger("bksdm.download.cli")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m cli.download", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python ComfyUI-BK-SDM download", description=__doc__.split("\n\n")[0])
     p.add_argument("model", help="registry name (bk-sdm-small, nota-ai/bk-sdm-v2-tiny) or Hugging Face repo id")
     p.add_argument("--weights", choices=comfy_host.pack_module("bksdm.download").WEIGHT_CHOICES, default="fp16",
                    help="fp16: half-precision U-Net and VAE files where the repo has them (smallest); "
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     pack_errors = comfy_host.pack_module("bksdm.errors").BKSDMError
     progress = ProgressBar(args.model) if sys.stderr.isatty() else ProgressLog(args.model)
     try:
-        root = str(args.dest) if args.dest else comfyui_diffusers_folder(args.comfyui)
+        root = str(args.dest.expanduser().resolve()) if args.dest else comfyui_diffusers_folder(args.comfyui)
         path = download.download_model(args.model, root, weights=args.weights, progress=progress)
     except (pack_errors, comfy_host.HostError, OSError) as e:
         log.error("%s", e)

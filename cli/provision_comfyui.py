@@ -1,4 +1,4 @@
-"""Get the ComfyUI that the tests and the main job run on when none is given.
+"""Get the ComfyUI that the main job (and the test suite) runs on when none is given.
 
     python -m cli.provision_comfyui        # prints the path of a ComfyUI checkout
 
@@ -7,12 +7,7 @@ else a pinned ComfyUI release, fetched once from ``COMFYUI_SOURCE`` (a git URL, 
 ``.tar.gz`` of ComfyUI's source; default: ComfyUI's public repository at the pinned
 commit) and unpacked under the user's cache, never inside this project.
 ``BKSDM_COMFYUI_VERSION`` picks the release (default: the newest supported).
-
-    python -m cli.provision_comfyui thirdparty   # fetches the node packs the tests mix with
-
-The tests also run pinned third-party node packs beside this one (``THIRDPARTY``),
-fetched the same way into the same cache: from ``BKSDM_THIRDPARTY_SOURCE`` (a folder of
-``<pack>-<commit8>.tar.gz`` archives) or else from each pack's public repository.
+:func:`install_once` also fetches the node packs the tests mix with (``tests/thirdparty.py``).
 
 Standard library only: ``scripts/env.sh`` runs it before any environment exists.
 """
@@ -38,12 +33,6 @@ SUPPORTED = {
     "0.33.0": "783545f689a0af730065994b46b382ae24844c99",
 }
 NEWEST = list(SUPPORTED)[-1]
-# Node packs the tests load beside this one, as a user's custom_nodes would hold them.
-THIRDPARTY = {
-    "ComfyUI_IPAdapter_plus": ("https://github.com/cubiq/ComfyUI_IPAdapter_plus",
-                               "9d076a3df0d2763cef5510ec5ab807f6632c39f5"),
-}
-
 
 class ProvisionError(RuntimeError):
     """ComfyUI could not be found or fetched; the message says what to do."""
@@ -87,15 +76,7 @@ def given_or_installed() -> Path | None:
     return installed if PACK_DIR.parent.name == "custom_nodes" and is_comfyui(installed) else None
 
 
-def is_node_pack(path: Path) -> bool:
-    return (path / "__init__.py").is_file()
-
-
-def thirdparty_path(name: str) -> Path:
-    return cache_root() / "thirdparty" / f"{name}-{THIRDPARTY[name][1][:8]}"
-
-
-def _unpack_archive(archive: Path, into: Path, check=is_comfyui, what: str = "ComfyUI",
+def unpack_archive(archive: Path, into: Path, check=is_comfyui, what: str = "ComfyUI",
                     fix: str = "point COMFYUI_SOURCE at a ComfyUI .tar.gz or git URL") -> Path:
     try:
         with tarfile.open(archive) as tar:
@@ -114,7 +95,7 @@ def _unpack_archive(archive: Path, into: Path, check=is_comfyui, what: str = "Co
     return tops[0]
 
 
-def _clone(url: str, commit: str, into: Path, what: str = "ComfyUI",
+def clone(url: str, commit: str, into: Path, what: str = "ComfyUI",
            fix: str = "set COMFYUI_SOURCE to a ComfyUI .tar.gz, or COMFYUI_PATH to a ComfyUI checkout") -> Path:
     checkout = into / what
     steps = [["git", "init", "--quiet", str(checkout)],
@@ -131,7 +112,7 @@ def _clone(url: str, commit: str, into: Path, what: str = "ComfyUI",
     return checkout
 
 
-def _install_once(target: Path, check, what: str, source, fetch) -> Path:
+def install_once(target: Path, check, what: str, source, fetch) -> Path:
     """``target`` as ``fetch(staging)`` makes it, fetched once: into a staging folder beside it,
     then one rename, so a half-fetched copy is never taken for a finished one."""
     if check(target):
@@ -153,9 +134,9 @@ def provision(version: str, source: str) -> Path:
     def fetch(staging: Path) -> Path:
         archive = Path(source).expanduser()
         if archive.is_file():
-            checkout = _unpack_archive(archive, staging)
+            checkout = unpack_archive(archive, staging)
         elif re.match(r"^(https?|ssh|git|file)://|^[\w.-]+@", source):
-            checkout = _clone(source, SUPPORTED[version], staging)
+            checkout = clone(source, SUPPORTED[version], staging)
         else:
             raise ProvisionError(f"COMFYUI_SOURCE={source} is neither a file nor a git URL; expected a ComfyUI "
                                  f".tar.gz or a git URL such as {UPSTREAM}")
@@ -166,25 +147,7 @@ def provision(version: str, source: str) -> Path:
                                  f"({', '.join(SUPPORTED)}), or point COMFYUI_SOURCE at the release you asked for")
         return checkout
 
-    return _install_once(provisioned_path(version), is_comfyui, f"ComfyUI {version}", source, fetch)
-
-
-def provision_thirdparty(name: str, archives: str | None) -> Path:
-    """Unpack (or clone) a pinned third-party node pack into the cache, once, atomically."""
-    url, commit = THIRDPARTY[name]
-    archive = Path(archives).expanduser() / f"{name}-{commit[:8]}.tar.gz" if archives else None
-
-    def fetch(staging: Path) -> Path:
-        if archive is None:
-            return _clone(url, commit, staging, name, "set BKSDM_THIRDPARTY_SOURCE to a folder holding "
-                          f"{name}-{commit[:8]}.tar.gz, the source archive of {url} at that commit")
-        if not archive.is_file():
-            raise ProvisionError(f"BKSDM_THIRDPARTY_SOURCE={archives} has no {archive.name}; expected the "
-                                 f"source archive of {url} at {commit[:8]} there, or unset it to clone {url}")
-        return _unpack_archive(archive, staging, is_node_pack, name,
-                               f"replace it with the source archive of {url} at {commit[:8]}")
-
-    return _install_once(thirdparty_path(name), is_node_pack, f"{name} {commit[:8]}", archive or url, fetch)
+    return install_once(provisioned_path(version), is_comfyui, f"ComfyUI {version}", source, fetch)
 
 
 def find_or_provision() -> Path:
@@ -200,18 +163,15 @@ def find_or_provision() -> Path:
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    if argv not in ([], ["thirdparty"]):
-        log.error("usage: python -m cli.provision_comfyui [thirdparty]")
+    if argv:
+        log.error("usage: python -m cli.provision_comfyui")
         return 2
     try:
-        if argv == ["thirdparty"]:
-            paths = [provision_thirdparty(name, os.environ.get("BKSDM_THIRDPARTY_SOURCE")) for name in THIRDPARTY]
-        else:
-            paths = [find_or_provision()]
+        path = find_or_provision()
     except (ProvisionError, OSError) as e:
-        log.error("BK-SDM: cannot set up the test host: %s", e)
+        log.error("BK-SDM: cannot set up ComfyUI: %s", e)
         return 1
-    sys.stdout.write("".join(f"{path}\n" for path in paths))
+    sys.stdout.write(f"{path}\n")
     return 0
 
 

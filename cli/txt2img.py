@@ -1,6 +1,6 @@
 """The main job: a prompt in, a PNG out, through a ComfyUI workflow with a BK-SDM loader.
 
-    python -m cli.txt2img "a red fox in the snow" --model bk-sdm-small -o fox.png
+    python path/to/ComfyUI-BK-SDM txt2img "a red fox in the snow" --model bk-sdm-small -o fox.png
 
 Runs the pack's example workflow for the model's family in ComfyUI, in this process by
 default (``--comfyui`` or ``COMFYUI_PATH`` says where ComfyUI is), or on a running
@@ -32,7 +32,7 @@ LOADERS = ("BKSDMPipelineLoader",)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m cli.txt2img", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python ComfyUI-BK-SDM txt2img", description=__doc__.split("\n\n")[0])
     p.add_argument("prompt", help="what to draw")
     p.add_argument("--model", required=True, help="model folder name or path, or a registry name to download")
     p.add_argument("-o", "--output", default="bksdm.png", help="PNG to write (default: %(default)s)")
@@ -166,7 +166,7 @@ def main(argv=None) -> int:
     except (pack_errors, comfy_host.HostError, WorkflowError, OSError) as e:
         log.error("txt2img failed: %s", e)
         return 1
-    output = Path(args.output)
+    output = Path(args.output).expanduser().resolve()  # as typed, from the caller's folder
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=output.parent, suffix=".png", delete=False) as tmp:
         tmp.write(png)

@@ -46,7 +46,7 @@ class ControlNetAdapter(io.ComfyNode):
     @classmethod
     def execute(cls, model, alignment) -> io.NodeOutput:
         spec = spec_of(model)
-        require_known_layout(spec, None)  # asked to align: a layout without a map is refused here, not when sampling
+        require_known_layout(spec, None, "controlnet")  # a layout without a map is refused here, not when sampling
         adapted = model.clone()
         set_teacher_addressing(adapted, spec, alignment)
         return io.NodeOutput(adapted)

@@ -12,7 +12,7 @@ import torch
 from comfy_api.latest import io
 
 from ..bksdm import pipeline
-from ..bksdm.errors import ExportError, InvalidFileError, ModelNotFoundError
+from ..bksdm.errors import ExportError, ModelNotFoundError
 from ..bksdm.variants import classify_layout
 from .build import spec_of
 from .inputs import choice, diffusers_roots, folder_input, model_folder, verdict
@@ -30,9 +30,10 @@ def write_checkpoint(folder: pipeline.ModelFolder, output: str, precision: str) 
     The file is written beside its destination and renamed into place, so a failure (a
     full disk included) never leaves a partial checkpoint under that name.
     """
-    if os.path.exists(output):
-        raise InvalidFileError(path=output, expected="a new file name", found="an existing file",
-                               fix="choose another name, or delete the old file first")
+    if os.path.exists(output):  # a user's file: never overwritten, never deleted for them
+        raise ExportError(path=output, expected="a file name not taken yet", found="a file of that name already there",
+                          fix="type another file name, or delete or move the old file yourself first; nothing was "
+                          "written")
     dtype = PRECISIONS[precision]
     model, clip, vae = load_folder(folder, precision, "auto", clip_options={"dtype": dtype}, vae_dtype=dtype)
     spec = spec_of(model)
@@ -90,9 +91,11 @@ class ConvertToCheckpoint(io.ComfyNode):
 
     @classmethod
     def execute(cls, model_name, filename, precision) -> io.NodeOutput:
-        if problem := _filename_problem(filename):  # validate_inputs covers prompts; this, direct calls
-            raise InvalidFileError(path=filename, expected="a plain file name ending in .safetensors", found=problem,
-                                   fix="type only a name such as bk-sdm-small.safetensors")
+        if _filename_problem(filename):  # validate_inputs covers prompts; this, direct calls
+            raise ExportError(path=None, expected="a plain file name ending in .safetensors (letters, digits, "
+                              "' ', '.', '+', '-', '_')", found=repr(filename),
+                              fix="type only a file name, without folders, such as bk-sdm-small.safetensors; it is "
+                              "written into models/checkpoints")
         roots = folder_paths.get_folder_paths("checkpoints")
         if not roots:
             raise ModelNotFoundError(path=None, expected="a models/checkpoints folder", found="none configured",

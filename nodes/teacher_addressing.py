@@ -22,7 +22,10 @@ call, so a patch added, replaced or removed later is always seen as it is.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
+import re
 
 import comfy.controlnet
 import comfy.patcher_extension
@@ -54,14 +57,27 @@ class AtTeacherSite:
 
     def __call__(self, q, k, v, extra_options):
         if self.site is not None and (q.shape[-1], extra_options["n_heads"]) != (self.site.width, self.site.heads):
+            patch = patch_name(self.patch)
             raise PatchMisfitError(
-                path=None, expected=f"the {self.kind} patch for SD block {self.teacher} to run at a block of its width "
-                f"({self.site.width} features, {self.site.heads} heads)",
+                path=None, expected=f"the {self.kind} replace patch {patch} for SD block {self.teacher} to run at a "
+                f"block of its width ({self.site.width} features, {self.site.heads} heads)",
                 found=f"this U-Net's block {self.student} has {q.shape[-1]} features, "
                 f"{extra_options['n_heads']} heads; run as it is, the patch's weights would be silently reshaped",
-                fix="the map from SD's blocks covers the published BK-SDM layouts (Base, Small, Tiny); this U-Net is "
-                "another: use a patch made for this U-Net")
+                fix=f"remove the node that adds this patch ({patch}) from this model's path, or use one made for "
+                "this U-Net: SD patches map onto the published BK-SDM layouts (Base, Small, Tiny) only")
         return _as_teacher(self.patch, (q, k, v, extra_options), self.teacher, self.site)
+
+
+def patch_name(patch) -> str:
+    """A patch as far as Python knows it: its class or function, and the module or node pack that
+    defines it (ComfyUI imports a custom node pack under its folder's path, so the folder names it)."""
+    target = patch.func if isinstance(patch, functools.partial) else patch
+    owner = target if inspect.isfunction(target) or inspect.ismethod(target) else type(target)
+    module = getattr(owner, "__module__", None) or "an unknown module"
+    package = module.split(".", 1)[0]
+    if re.search(r"[/\\]", package):
+        module = re.split(r"[/\\]", package)[-1].replace("_x_", ".")
+    return f"{owner.__qualname__} (from {module})"
 
 
 class SeesTeacherBlock:
@@ -178,18 +194,19 @@ def refuse_unmapped_control(executor, *args, **kwargs):
     """Before sampling: ComfyUI builds a Control-LoRA's ControlNet from the MODEL's own U-Net
     config and sets its SD-numbered weights into it by name, so on BK-SDM they would land on
     other blocks (or fail deep inside ComfyUI). Say so instead."""
-    for conds in (getattr(executor.class_obj, "conds", None) or {}).values():
+    for name, conds in (getattr(executor.class_obj, "conds", None) or {}).items():
         for cond in conds:
             control = cond.get("control")
             while control is not None:
-                if isinstance(control, comfy.controlnet.ControlLora):
+                if isinstance(control, comfy.controlnet.ControlLora):  # it carries no file name; the cond is known
                     raise UnsupportedModelError(
                         path=None,
                         expected="a ControlNet or T2I-Adapter whose control the pack can move onto BK-SDM's blocks",
-                        found="a Control-LoRA: ComfyUI builds it from this MODEL's own (BK-SDM) U-Net and sets its "
-                        "SD-numbered weights into it by name, where they would land on other blocks",
-                        fix="use the full SD ControlNet of the same kind (its residuals are mapped), or one trained "
-                        "for BK-SDM")
+                        found=f"a Control-LoRA in the {name} conditioning: ComfyUI builds it from this MODEL's own "
+                        "(BK-SDM) U-Net and sets its SD-numbered weights into it by name, where they would land on "
+                        "other blocks",
+                        fix="in the node that loads it (Load ControlNet Model), pick the full SD ControlNet of the "
+                        "same kind instead (its residuals are mapped), or one trained for BK-SDM")
                 control = getattr(control, "previous_controlnet", None)
     return executor(*args, **kwargs)
 

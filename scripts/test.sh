@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# The test command: set up .venv and ComfyUI (see env.sh), lint, run the whole suite
-# (pytest arguments pass through).
+# The test command: the main job's environment (see env.sh) plus the test stack, the pinned
+# third-party node packs the tests mix with, then lint and the whole suite from the checkout
+# (pytest arguments pass through). The front-end test needs Chromium on PATH (Debian and
+# Ubuntu: apt-get install chromium) or BKSDM_CHROMIUM.
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
-# The third-party node packs some tests load beside this one (pinned; standard library only).
-python3 -m cli.provision_comfyui thirdparty >/dev/null
+setup_environment "$ROOT/tests/requirements.txt"
+cd "$ROOT"
+python3 -m tests.thirdparty >/dev/null
 "$VENV/bin/ruff" check .
 exec "$PY" -m pytest "$@"

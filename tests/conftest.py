@@ -15,8 +15,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import thirdparty as thirdparty_packs
 
-from cli import comfy_host, provision_comfyui
+from cli import comfy_host
 
 REPO = Path(__file__).resolve().parents[1]
 # CPU and an fp32 text encoder, as a parity test against the fp32 reference needs; images
@@ -67,12 +68,12 @@ def host():
 
 @pytest.fixture(scope="session")
 def thirdparty(host):
-    """Loads a pinned third-party node pack (``provision_comfyui.THIRDPARTY``) beside this one, once."""
+    """Loads a pinned third-party node pack (``thirdparty.PACKS``) beside this one, once."""
     loaded = set()
 
     def load(name: str) -> Path:
-        path = provision_comfyui.thirdparty_path(name)
-        if not provision_comfyui.is_node_pack(path):
+        path = thirdparty_packs.pack_path(name)
+        if not thirdparty_packs.is_node_pack(path):
             pytest.fail(f"{name} is not set up at {path}: run the suite with scripts/test.sh, which fetches it")
         if name not in loaded:
             host.load_node_pack(path)
@@ -162,8 +163,8 @@ def comfy_server(host, diffusers_root, tmp_path_factory):
     base = tmp_path_factory.mktemp("comfy-base")
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / "ComfyUI-BK-SDM").symlink_to(REPO, target_is_directory=True)
-    for name in provision_comfyui.THIRDPARTY:
-        (base / "custom_nodes" / name).symlink_to(provision_comfyui.thirdparty_path(name), target_is_directory=True)
+    for name in thirdparty_packs.PACKS:
+        (base / "custom_nodes" / name).symlink_to(thirdparty_packs.pack_path(name), target_is_directory=True)
     (base / "models").mkdir()
     (base / "models" / "diffusers").symlink_to(diffusers_root, target_is_directory=True)
     port = _free_port()

@@ -9,6 +9,7 @@ from the same starting noise. ComfyUI's euler/normal sigmas fall on the integer 
 
 import io
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -74,18 +75,22 @@ def test_main_job_writes_a_png_atomically(random_pipeline, host, tmp_path):
 
 
 def test_main_job_command_runs_comfyuis_own_startup(sd1_pipeline, host, tmp_path):
-    """The README's main command in a process of its own: ComfyUI's whole start-up (main.py's),
-    then the same image as the in-process run."""
+    """The README's main command in a process of its own, run by the pack's folder path from
+    another folder, with paths as a user types them there: ComfyUI's whole start-up (main.py's),
+    then the same image as the in-process run, written where the user said."""
     in_process = run_main_job(host, sd1_pipeline.path, tmp_path / "in-process.png")
-    output = tmp_path / "command.png"
-    args = [sys.executable, "-m", "cli.txt2img", PROMPT, "--negative", NEGATIVE, "--model", str(sd1_pipeline.path),
-            "-o", str(output), "--seed", str(SEED), "--steps", str(STEPS), "--cfg", str(CFG), "--sampler", "euler",
-            "--scheduler", "normal", "--width", str(SIZE), "--height", str(SIZE), "--comfyui", str(host.path),
+    caller = tmp_path / "caller"
+    caller.mkdir()
+    args = [sys.executable, str(REPO), "txt2img", PROMPT, "--negative", NEGATIVE,
+            "--model", os.path.relpath(sd1_pipeline.path, caller), "-o", "command.png", "--seed", str(SEED),
+            "--steps", str(STEPS), "--cfg", str(CFG), "--sampler", "euler", "--scheduler", "normal",
+            "--width", str(SIZE), "--height", str(SIZE), "--comfyui", str(host.path),
             "--comfy-arg=--fp32-text-enc"]
-    run = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(args, cwd=caller, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
+    output = caller / "command.png"
     assert "Total VRAM" in run.stderr + run.stdout  # ComfyUI's own start-up ran and logged
-    assert sum(line.endswith(f"wrote {output} ({output.stat().st_size} bytes)")  # logged once, not twice
+    assert sum(line.endswith(f"wrote {output} ({output.stat().st_size} bytes)")  # absolute, logged once
                for line in (run.stderr + run.stdout).splitlines()) == 1
     assert np.array_equal(np.asarray(Image.open(output).convert("RGB")), in_process)
 

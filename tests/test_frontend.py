@@ -2,7 +2,7 @@
 the node library, every example workflow loading with no missing node, the templates with
 their thumbnails in the template browser, the help pages served.
 
-Drives headless Chromium (installed by scripts/env.sh) with Playwright against a ComfyUI
+Drives the system's headless Chromium with Playwright against a ComfyUI
 server on loopback. Screenshots are kept in test-artifacts/ (or $BKSDM_TEST_ARTIFACTS).
 """
 
@@ -30,8 +30,11 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first
 
 @pytest.fixture(scope="module")
 def page(comfy_server):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium, "needs Chromium: scripts/env.sh installs it with apt-get when run as root"
+    chromium = os.environ.get("BKSDM_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        pytest.fail("the front-end test needs Chromium and found none (BKSDM_CHROMIUM, or chromium or "
+                    "chromium-browser on PATH): install it from your system's packages (Debian and Ubuntu: "
+                    "apt-get install chromium), or point BKSDM_CHROMIUM at a Chromium or Chrome binary")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)

@@ -8,6 +8,7 @@ import io
 import tarfile
 
 import pytest
+import thirdparty
 
 from cli import comfy_host
 from cli import provision_comfyui as provision
@@ -112,18 +113,18 @@ def test_command_prints_the_path_or_fails_with_the_reason(cache, tmp_path, monke
 
 
 def test_third_party_packs_come_from_their_pinned_archive_once(cache, tmp_path, monkeypatch):
-    name = next(iter(provision.THIRDPARTY))
-    commit = provision.THIRDPARTY[name][1]
+    name = next(iter(thirdparty.PACKS))
+    commit = thirdparty.PACKS[name][1]
     archives = tmp_path / "archives"
     archives.mkdir()
     with pytest.raises(provision.ProvisionError, match=f"has no {name}-{commit[:8]}.tar.gz"):
-        provision.provision_thirdparty(name, str(archives))
+        thirdparty.provision(name, str(archives))
     source = tmp_path / "src" / name
     source.mkdir(parents=True)
     (source / "__init__.py").write_text("NODE_CLASS_MAPPINGS = {}\n")
     with tarfile.open(archives / f"{name}-{commit[:8]}.tar.gz", "w:gz") as tar:
         tar.add(source, arcname=name)
-    path = provision.provision_thirdparty(name, str(archives))
-    assert path == provision.thirdparty_path(name) and (path / "__init__.py").is_file()
+    path = thirdparty.provision(name, str(archives))
+    assert path == thirdparty.pack_path(name) and (path / "__init__.py").is_file()
     (archives / f"{name}-{commit[:8]}.tar.gz").unlink()
-    assert provision.provision_thirdparty(name, str(archives)) == path  # fetched once: no archive needed again
+    assert thirdparty.provision(name, str(archives)) == path  # fetched once: no archive needed again

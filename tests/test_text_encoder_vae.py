@@ -4,7 +4,7 @@ import pytest
 import torch
 from factories import TEXT_ENCODER_CONFIGS, random_text_encoder, random_vae, text_encoder_state_dict
 
-from bksdm.errors import UnsupportedModelError, WeightsMismatchError
+from bksdm.errors import WeightsMismatchError
 from bksdm.text_encoder import normalize_text_encoder
 from bksdm.unet_spec import FAMILIES
 from bksdm.vae import check_vae, vae_tensors
@@ -39,7 +39,7 @@ def test_clip_matches_transformers(text_encoder, with_prefix, host, pack):
 def test_text_encoder_of_the_other_family_is_refused(family):
     other = "sd2" if family == "sd1" else "sd1"
     state = {k: torch.empty(v.shape, device="meta") for k, v in _te_shapes(other).items()}
-    with pytest.raises(UnsupportedModelError, match="text encoder"):
+    with pytest.raises(WeightsMismatchError, match="text encoder"):
         normalize_text_encoder(state, FAMILIES[family], "text_encoder/model.safetensors")
 
 

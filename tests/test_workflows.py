@@ -5,8 +5,8 @@ import json
 from pathlib import Path
 
 import pytest
+from thirdparty import PACKS
 
-from cli.provision_comfyui import THIRDPARTY
 from cli.workflow import WorkflowError, to_api_prompt
 
 pytestmark = pytest.mark.host
@@ -15,7 +15,7 @@ WORKFLOWS = sorted((Path(__file__).resolve().parents[1] / "example_workflows").g
 
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=[w.stem for w in WORKFLOWS])
 def test_example_workflow_converts_to_a_complete_prompt(workflow, host, thirdparty):
-    for name in THIRDPARTY:  # the IP-Adapter example uses cubiq's nodes, as its README says
+    for name in PACKS:  # the IP-Adapter example uses cubiq's nodes, as its README says
         thirdparty(name)
     prompt = to_api_prompt(json.loads(workflow.read_text()), host.node_info)
     assert any(node["class_type"].startswith("BKSDM") for node in prompt.values())

@@ -1,0 +1,66 @@
+"""The pinned third-party node packs the tests load beside this one, as a user's custom_nodes
+would hold them: fetched once into the same cache as ComfyUI, from ``BKSDM_THIRDPARTY_SOURCE``
+(a folder of ``<pack>-<commit8>.tar.gz`` source archives) or else from each pack's repository.
+
+    python3 -m tests.thirdparty        # prints the path of each pack (scripts/test.sh runs it)
+
+Workshop only: the product never imports this. Standard library only, like the ComfyUI
+provisioning it builds on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from cli.provision_comfyui import ProvisionError, cache_root, clone, install_once, unpack_archive
+
+log = logging.getLogger("bksdm.thirdparty")
+
+PACKS = {
+    "ComfyUI_IPAdapter_plus": ("https://github.com/cubiq/ComfyUI_IPAdapter_plus",
+                               "9d076a3df0d2763cef5510ec5ab807f6632c39f5"),
+}
+
+
+def is_node_pack(path: Path) -> bool:
+    return (path / "__init__.py").is_file()
+
+
+def pack_path(name: str) -> Path:
+    return cache_root() / "thirdparty" / f"{name}-{PACKS[name][1][:8]}"
+
+
+def provision(name: str, archives: str | None) -> Path:
+    """Unpack (or clone) a pinned node pack into the cache, once, atomically."""
+    url, commit = PACKS[name]
+    archive = Path(archives).expanduser() / f"{name}-{commit[:8]}.tar.gz" if archives else None
+
+    def fetch(staging: Path) -> Path:
+        if archive is None:
+            return clone(url, commit, staging, name, "set BKSDM_THIRDPARTY_SOURCE to a folder holding "
+                         f"{name}-{commit[:8]}.tar.gz, the source archive of {url} at that commit")
+        if not archive.is_file():
+            raise ProvisionError(f"BKSDM_THIRDPARTY_SOURCE={archives} has no {archive.name}; expected the "
+                                 f"source archive of {url} at {commit[:8]} there, or unset it to clone {url}")
+        return unpack_archive(archive, staging, is_node_pack, name,
+                              f"replace it with the source archive of {url} at {commit[:8]}")
+
+    return install_once(pack_path(name), is_node_pack, f"{name} {commit[:8]}", archive or url, fetch)
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        paths = [provision(name, os.environ.get("BKSDM_THIRDPARTY_SOURCE")) for name in PACKS]
+    except (ProvisionError, OSError) as e:
+        log.error("BK-SDM tests: cannot fetch the third-party node packs: %s", e)
+        return 1
+    sys.stdout.write("".join(f"{path}\n" for path in paths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
