@@ -25,10 +25,9 @@ def main() -> int:
     folder = str(Path(__file__).resolve().parent)
     if folder not in sys.path:
         sys.path.insert(0, folder)
-    from importlib import import_module
+    import pack_import
 
-    command = import_module(f"cli.{sys.argv[1]}")
-    return command.main(sys.argv[2:])
+    return pack_import.pack_module(f"cli.{sys.argv[1]}").main(sys.argv[2:])
 
 
 if __name__ == "__main__":

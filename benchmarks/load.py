@@ -35,6 +35,8 @@ from output import machine_header, median, progress, ratio, save_json, table, ve
 from pipelines import LAYOUTS, WEIGHT_FILES, diffusers_dtype, ensure_pipeline, layout_list, set_page_cache, weight_files
 from workers import is_worker, run_worker, worker_main
 
+import pack_import
+
 DTYPES = ("fp32", "fp16")
 LOADERS = ("pack", "diffusers")
 TIME_TARGET = 1.0  # pack load time <= 1.0x diffusers'
@@ -78,13 +80,13 @@ def pack_worker(spec: dict) -> dict:
     folder_paths.add_model_folder_path("diffusers", str(Path(spec["folder"]).parent))
     name = Path(spec["folder"]).name
     loader = host.nodes.NODE_CLASS_MAPPINGS["BKSDMPipelineLoader"]
-    loaders = host.pack_module("nodes.loaders")
+    build, pipeline = pack_import.pack_module("nodes.build"), pack_import.pack_module("bksdm.pipeline")
     half = spec["dtype"] == "fp16"
-    te_half = half or loaders.prefers_half_files(loaders.text_encoder_dtype())  # read as ComfyUI stores it
-    folder = loaders.pipeline.open_model_folder(spec["folder"])
-    expected = [loaders.pipeline.weights_file(folder, "unet", half),
-                loaders.pipeline.weights_file(folder, "text_encoder", te_half),
-                loaders.pipeline.weights_file(folder, "vae", half)]
+    te_half = half or build.prefers_half_files(build.text_encoder_dtype())  # read as ComfyUI stores it
+    folder = pipeline.open_model_folder(spec["folder"])
+    expected = [pipeline.weights_file(folder, "unet", half),
+                pipeline.weights_file(folder, "text_encoder", te_half),
+                pipeline.weights_file(folder, "vae", half)]
     measured = measure_call(lambda: loader.execute(model_name=name, weight_dtype=spec["dtype"],
                                                    prediction="auto").args)
     model, clip, vae = measured.value

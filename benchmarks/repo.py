@@ -1,7 +1,8 @@
-"""The repository root, put on ``sys.path``: the benchmark scripts run as files
-(``python benchmarks/load.py``) and import ``cli`` and ``random_models`` from it (the pack
-itself through ``cli.comfy_host.pack_module``, as ComfyUI names it). Never ``tests/``: what
-the benchmarks share with the tests is in ``random_models``."""
+"""The repository root, put on ``sys.path``, and the pack bound to the names ``cli`` and ``bksdm``:
+the benchmark scripts run as files (``python benchmarks/load.py``) and import ``cli``,
+``bksdm`` and ``random_models`` from it, the pack's modules as the one copy ComfyUI loads
+(``pack_import``). Never ``tests/``: what the benchmarks share with the tests is in
+``random_models``."""
 
 import sys
 from pathlib import Path
@@ -9,3 +10,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+import pack_import  # noqa: E402
+
+pack_import.bind_names("cli", "bksdm")

@@ -53,8 +53,8 @@ SMOKE = {"layouts": "sd1-tiny", "sizes": "64", "warmup": 1, "repeats": 1}
 def pack_model(config: dict, name: str, reference, dtype):
     """The MODEL the pack's loaders build from the diffusers U-Net ``reference``: its state dict
     renamed by the pack, then the loader's own last step (``nodes.build``). Every call into the
-    pack is here, through the one copy of it ComfyUI would load (``comfy_host.pack_module``)."""
-    from cli.comfy_host import pack_module
+    pack is here, through the one copy of it ComfyUI would load (``pack_import``)."""
+    from pack_import import pack_module
 
     unet_spec = pack_module("bksdm.unet_config").spec_from_diffusers_config(config, name)
     state = pack_module("bksdm.unet_keys").convert_diffusers_unet(reference.state_dict(), unet_spec, name,

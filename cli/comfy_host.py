@@ -24,35 +24,9 @@ from .provision_comfyui import comfyui_version, is_comfyui
 log = logging.getLogger(__name__)
 
 PACK_DIR = Path(__file__).resolve().parents[1]
-# The module name ComfyUI's nodes.load_custom_node gives this folder. The commands import the
-# pack under that same name (never ``bksdm`` top-level), so ComfyUI's load and theirs meet:
-# whichever comes second finds the other's submodules in sys.modules, and the process holds
-# one copy of each module (one error hierarchy).
-PACK_MODULE = str(PACK_DIR).replace(".", "_x_")
-
 
 # What the --comfyui options default to, for their help texts.
 DEFAULT_COMFYUI = "COMFYUI_PATH, the ComfyUI this pack is installed in, else the release scripts/env.sh fetched"
-
-
-def import_pack():
-    """This pack's package, imported as ``load_custom_node(str(PACK_DIR))`` imports it (or as it already did)."""
-    if PACK_MODULE not in sys.modules:
-        spec = importlib.util.spec_from_file_location(PACK_MODULE, os.path.join(PACK_DIR, "__init__.py"))
-        package = importlib.util.module_from_spec(spec)
-        sys.modules[PACK_MODULE] = package
-        try:
-            spec.loader.exec_module(package)
-        except BaseException:
-            del sys.modules[PACK_MODULE]
-            raise
-    return sys.modules[PACK_MODULE]
-
-
-def pack_module(name: str):
-    """A module of this pack (e.g. 'bksdm.errors'): the one ComfyUI's nodes use once it has loaded the pack."""
-    import_pack()
-    return importlib.import_module(f"{PACK_MODULE}.{name}")
 
 
 class HostError(RuntimeError):
@@ -156,10 +130,6 @@ class Host:
         self.nodes = nodes
         self.server = HeadlessServer()
         self.executor = new_executor(execution, self.server)
-
-    def pack_module(self, name: str):
-        """A module of this pack as ComfyUI imported it (e.g. 'bksdm.errors'), for the pack's own types."""
-        return pack_module(name)
 
     def load_node_pack(self, path: Path) -> None:
         """Load another custom node pack beside this one, as ComfyUI loads each folder of custom_nodes."""

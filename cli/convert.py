@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
+from ..bksdm import pipeline
+from ..bksdm.errors import BKSDMError
 from . import comfy_host
 
 log = logging.getLogger("bksdm.convert")
@@ -27,20 +28,17 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        host = comfy_host.start_for_tools(args.comfyui)
+        comfy_host.start_for_tools(args.comfyui)
     except comfy_host.HostError as e:
         log.error("convert failed: %s", e)
         return 1
-    pack_errors = host.pack_module("bksdm.errors").BKSDMError  # the pack as ComfyUI imported it
+    from ..nodes.convert import write_checkpoint  # the node layer imports ComfyUI: only once it is started
+
     try:
-        folder = host.pack_module("bksdm.pipeline").open_model_folder(str(args.folder.expanduser().resolve()))
-        host.pack_module("nodes.convert").write_checkpoint(folder, str(args.output.expanduser().resolve()),
-                                                           args.precision)
-    except (pack_errors, OSError) as e:
+        folder = pipeline.open_model_folder(str(args.folder.expanduser().resolve()))
+        write_checkpoint(folder, str(args.output.expanduser().resolve()), args.precision)
+    except (BKSDMError, OSError) as e:
         log.error("convert failed: %s", e)
         return 1
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -20,6 +20,8 @@ from typing import TextIO
 
 from huggingface_hub.utils import tqdm as hub_tqdm
 
+from ..bksdm import download
+from ..bksdm.errors import BKSDMError
 from . import comfy_host
 
 log = logging.getLogger("bksdm.download.cli")
@@ -28,7 +30,7 @@ log = logging.getLogger("bksdm.download.cli")
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python ComfyUI-BK-SDM download", description=__doc__.split("\n\n")[0])
     p.add_argument("model", help="registry name (bk-sdm-small, nota-ai/bk-sdm-v2-tiny) or Hugging Face repo id")
-    p.add_argument("--weights", choices=comfy_host.pack_module("bksdm.download").WEIGHT_CHOICES, default="fp16",
+    p.add_argument("--weights", choices=download.WEIGHT_CHOICES, default="fp16",
                    help="fp16: half-precision U-Net and VAE files where the repo has them (smallest); "
                         "fp32: full precision; both (default: %(default)s)")
     p.add_argument("--dest", type=Path, help="models folder to download into (default: ComfyUI's first "
@@ -82,13 +84,11 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("httpx", "httpx2"):  # one line per HTTP request otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    download = comfy_host.pack_module("bksdm.download")
-    pack_errors = comfy_host.pack_module("bksdm.errors").BKSDMError
     progress = ProgressBar(args.model) if sys.stderr.isatty() else ProgressLog(args.model)
     try:
         root = str(args.dest.expanduser().resolve()) if args.dest else comfyui_diffusers_folder(args.comfyui)
         path = download.download_model(args.model, root, weights=args.weights, progress=progress)
-    except (pack_errors, comfy_host.HostError, OSError) as e:
+    except (BKSDMError, comfy_host.HostError, OSError) as e:
         log.error("%s", e)
         return 1
     except KeyboardInterrupt:
@@ -100,6 +100,3 @@ def main(argv=None) -> int:
     sys.stdout.write(f"{path}\n")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,10 +18,11 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
+from ..bksdm import components, download, pipeline, variants
+from ..bksdm.errors import BKSDMError, ModelNotFoundError
 from . import comfy_host
 from .workflow import WorkflowError, nodes_of_type, only_node_of_type, to_api_prompt
 
@@ -56,12 +57,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _family_of_local_model(path: Path) -> str | None:
-    components = comfy_host.pack_module("bksdm.components")
-    errors = comfy_host.pack_module("bksdm.errors")
-    pipeline = comfy_host.pack_module("bksdm.pipeline")
     try:
         spec = components.read_unet_spec(pipeline.open_model_folder(str(path)))
-    except errors.BKSDMError:
+    except BKSDMError:
         return None
     return spec.family.name if spec else None
 
@@ -124,10 +122,6 @@ def run_local(args) -> bytes:
 def resolve_local_model(model: str, folder_paths, weight_dtype: str | None = None) -> tuple[str, str | None]:
     """The loader's folder name for ``model`` and its family: a path is exposed as one more
     diffusers folder; a registry name that is not there yet is downloaded first."""
-    download = comfy_host.pack_module("bksdm.download")
-    errors = comfy_host.pack_module("bksdm.errors")
-    pipeline = comfy_host.pack_module("bksdm.pipeline")
-    variants = comfy_host.pack_module("bksdm.variants")
     path = Path(model).expanduser()
     if path.is_dir():
         folder_paths.add_model_folder_path("diffusers", str(path.resolve().parent))
@@ -137,7 +131,7 @@ def resolve_local_model(model: str, folder_paths, weight_dtype: str | None = Non
     name = variant.folder_name if variant else model
     try:
         folder = pipeline.resolve_model_folder(name, roots)
-    except errors.ModelNotFoundError:
+    except ModelNotFoundError:
         if variant is None:
             raise
         log.info("%s is not in %s: downloading it", variant.repo_id, roots[0])
@@ -150,7 +144,7 @@ def run_remote(args) -> bytes:
     from .remote import RemoteComfy
 
     server = RemoteComfy(args.server)
-    variant = comfy_host.pack_module("bksdm.variants").find_variant(args.model)
+    variant = variants.find_variant(args.model)
     name = variant.folder_name if variant else args.model
     workflow = json.loads(choose_workflow(args, variant.family if variant else None).read_text(encoding="utf-8"))
     outputs = server.run(build_prompt(workflow, server.node_info, args, name))
@@ -160,10 +154,9 @@ def run_remote(args) -> bytes:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    pack_errors = comfy_host.pack_module("bksdm.errors").BKSDMError
     try:
         png = run_remote(args) if args.server else run_local(args)
-    except (pack_errors, comfy_host.HostError, WorkflowError, OSError) as e:
+    except (BKSDMError, comfy_host.HostError, WorkflowError, OSError) as e:
         log.error("txt2img failed: %s", e)
         return 1
     output = Path(args.output).expanduser().resolve()  # as typed, from the caller's folder
@@ -174,6 +167,3 @@ def main(argv=None) -> int:
     log.info("wrote %s (%d bytes)", output, len(png))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -54,7 +54,8 @@ def unet_dtype(weight_dtype: str, spec: UNetSpec) -> torch.dtype:
                                              supported_dtypes=supported)
 
 
-def prefers_half_files(dtype: torch.dtype) -> bool:
+def prefers_half_files(dtype: torch.dtype | None) -> bool:
+    """Whether to read a folder's fp16 files for ``dtype`` (None, as stored: the full-precision ones)."""
     return dtype in HALF_FILE_DTYPES
 
 

@@ -14,9 +14,9 @@ from comfy_api.latest import io
 from ..bksdm import pipeline
 from ..bksdm.errors import ExportError, ModelNotFoundError
 from ..bksdm.variants import classify_layout
+from .assemble import load_folder
 from .build import spec_of
 from .inputs import choice, diffusers_roots, folder_input, model_folder, verdict
-from .loaders import load_folder
 
 log = logging.getLogger(__name__)
 

@@ -1,45 +1,30 @@
-"""The BK-SDM loader nodes: a pipeline folder, its U-Net alone, or a single-file checkpoint."""
+"""The BK-SDM loader nodes: a pipeline folder, its U-Net alone, or a single-file checkpoint.
+
+Each node is its inputs, their checks and its cache key; what it builds, ``nodes.assemble`` builds.
+"""
 
 from __future__ import annotations
 
-import logging
 import os
 
-import comfy.utils
 import folder_paths
 from comfy_api.latest import io
 
-from ..bksdm import components, pipeline
+from ..bksdm import pipeline
 from ..bksdm.errors import BKSDMError
-from ..bksdm.unet_keys import parameter_count
-from ..bksdm.variants import classify_layout
-from ..bksdm.weights import load_state_dict
-from .build import (
-    WEIGHT_DTYPES,
-    build_clip,
-    build_model,
-    build_vae,
-    map_weight_files,
-    prefers_half_files,
-    set_reload,
-    text_encoder_dtype,
-    unet_dtype,
-)
+from .assemble import load_checkpoint, load_folder, load_folder_unet
+from .build import WEIGHT_DTYPES
 from .inputs import (
     PREDICTIONS,
     choice,
     diffusers_roots,
     dtype_input,
-    embedding_directories,
     folder_input,
     listed_file,
     model_folder,
     prediction_input,
     verdict,
 )
-from .teacher_addressing import set_teacher_addressing
-
-log = logging.getLogger(__name__)
 
 CATEGORY = "loaders/BK-SDM"
 MODEL_TIP = "The BK-SDM U-Net as a standard SD MODEL: use it with KSampler, LoRA, ControlNet, patch and merge nodes."
@@ -48,52 +33,6 @@ MODEL_TIP = "The BK-SDM U-Net as a standard SD MODEL: use it with KSampler, LoRA
 def _check_folder_inputs(model_name, weight_dtype, prediction) -> bool | str:
     return verdict(model_folder(model_name), choice("weight_dtype", weight_dtype, WEIGHT_DTYPES),
                    choice("prediction", prediction, PREDICTIONS))
-
-
-def load_folder_unet(folder: pipeline.ModelFolder, weight_dtype: str, prediction: str, disable_dynamic: bool = False):
-    """A folder's U-Net as MODEL; returns (MODEL, U-Net spec, whether fp16 files were preferred)."""
-    spec = components.read_unet_spec(folder)
-    # Without a config.json the layout (so ComfyUI's default dtype) is known only after reading the weights.
-    dtype = unet_dtype(weight_dtype, spec) if spec else WEIGHT_DTYPES[weight_dtype]
-    half = dtype is not None and prefers_half_files(dtype)
-    unet = components.load_unet(folder, prefer_half=half, dtype=dtype, mmap=map_weight_files())
-    dtype = dtype or unet_dtype(weight_dtype, unet.spec)
-    resolved = pipeline.prediction_type(folder) if prediction == "auto" else prediction
-    model = build_model(unet, dtype, resolved, fp8_fast=weight_dtype == "fp8_e4m3fn_fast",
-                        disable_dynamic=disable_dynamic)
-    set_reload(model, reload_folder_unet, folder.path, weight_dtype, prediction)
-    set_teacher_addressing(model, unet.spec)
-    _log_loaded(os.path.basename(folder.path), unet, dtype, resolved)
-    return model, unet.spec, half
-
-
-def reload_folder_unet(path: str, weight_dtype: str, prediction: str, disable_dynamic: bool = False):
-    """The MODEL of a folder built afresh: ComfyUI's ``cached_patcher_init`` factory."""
-    return load_folder_unet(pipeline.open_model_folder(path), weight_dtype, prediction, disable_dynamic)[0]
-
-
-def load_folder(folder: pipeline.ModelFolder, weight_dtype: str, prediction: str, clip_options: dict | None = None,
-                vae_dtype=None):
-    """A pipeline folder as (MODEL, CLIP, VAE), with a progress bar of its three parts."""
-    progress = comfy.utils.ProgressBar(3)
-    model, spec, half = load_folder_unet(folder, weight_dtype, prediction)
-    progress.update(1)
-    # Read the text encoder in the dtype ComfyUI will keep it in (fp16 by default): less to read and hold.
-    te_dtype = (clip_options or {}).get("dtype") or text_encoder_dtype()
-    te = components.load_text_encoder(folder, spec, half or prefers_half_files(te_dtype), te_dtype,
-                                      mmap=map_weight_files())
-    clip = build_clip(te, embedding_directories(), clip_options)
-    progress.update(1)
-    vae = build_vae(components.load_vae(folder, half, mmap=map_weight_files()), vae_dtype)
-    progress.update(1)
-    return model, clip, vae
-
-
-def _log_loaded(name: str, unet: components.UNetWeights, dtype, prediction: str) -> None:
-    params = parameter_count(unet.spec) / 1e6
-    log.info("BK-SDM: loaded %s: %s layout, %s, %.1f M parameters, %s from %s, %s",
-             name, classify_layout(unet.spec), unet.spec.family.title, params, dtype,
-             os.path.basename(unet.source), prediction)
 
 
 def _folder_fingerprint(model_name: str) -> tuple:
@@ -106,25 +45,6 @@ def _folder_fingerprint(model_name: str) -> tuple:
     for root, _, names in os.walk(folder.path):
         files += [os.path.join(root, n) for n in sorted(names)]
     return (model_name, pipeline.fingerprint(files))
-
-
-def checkpoint_model(parts: components.CheckpointParts, path: str, weight_dtype: str, prediction: str,
-                     disable_dynamic: bool = False):
-    """The MODEL of a split single-file checkpoint."""
-    resolved = (parts.prediction or "epsilon") if prediction == "auto" else prediction
-    dtype = unet_dtype(weight_dtype, parts.unet.spec)
-    model = build_model(parts.unet, dtype, resolved, fp8_fast=weight_dtype == "fp8_e4m3fn_fast",
-                        disable_dynamic=disable_dynamic)
-    set_reload(model, reload_checkpoint_unet, path, weight_dtype, prediction)
-    set_teacher_addressing(model, parts.unet.spec)
-    _log_loaded(os.path.basename(path), parts.unet, dtype, resolved)
-    return model
-
-
-def reload_checkpoint_unet(path: str, weight_dtype: str, prediction: str, disable_dynamic: bool = False):
-    """The MODEL of a checkpoint built afresh: ComfyUI's ``cached_patcher_init`` factory."""
-    parts = components.split_checkpoint(*load_state_dict(path, mmap=map_weight_files()), path)
-    return checkpoint_model(parts, path, weight_dtype, prediction, disable_dynamic)
 
 
 class PipelineLoader(io.ComfyNode):
@@ -185,7 +105,7 @@ class UNetLoader(io.ComfyNode):
     @classmethod
     def execute(cls, model_name, weight_dtype, prediction) -> io.NodeOutput:
         folder = pipeline.resolve_model_folder(model_name, diffusers_roots())
-        model, _, _ = load_folder_unet(folder, weight_dtype, prediction)
+        model, _ = load_folder_unet(folder, weight_dtype, prediction)
         return io.NodeOutput(model)
 
 
@@ -222,15 +142,7 @@ class CheckpointLoader(io.ComfyNode):
     @classmethod
     def execute(cls, ckpt_name, weight_dtype, prediction) -> io.NodeOutput:
         path = folder_paths.get_full_path_or_raise("checkpoints", ckpt_name)
-        progress = comfy.utils.ProgressBar(3)
-        parts = components.split_checkpoint(*load_state_dict(path, mmap=map_weight_files()), path)
-        model = checkpoint_model(parts, path, weight_dtype, prediction)
-        progress.update(1)
-        clip = build_clip(parts.text_encoder, embedding_directories())
-        progress.update(1)
-        vae = build_vae(parts.vae)
-        progress.update(1)
-        return io.NodeOutput(model, clip, vae)
+        return io.NodeOutput(*load_checkpoint(path, weight_dtype, prediction))
 
 
 NODES = [PipelineLoader, UNetLoader, CheckpointLoader]

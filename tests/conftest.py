@@ -8,16 +8,23 @@ one the run stops before any test, saying how to get one; no test skips for want
 from __future__ import annotations
 
 import atexit
-import pkgutil
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
-import thirdparty as thirdparty_packs
 
-from cli import comfy_host
+import pack_import
+
+# The tests import the pack's modules as ``cli`` and ``bksdm``: those names are bound to the
+# pack's one copy, the one ComfyUI's nodes use (imported under ComfyUI's name for the pack), so
+# no test hands one copy's objects to another copy's code, as the commands never do either.
+pack_import.bind_names("cli", "bksdm")
+
+import thirdparty as thirdparty_packs  # noqa: E402  (imports cli)
+
+from cli import comfy_host  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # CPU and an fp32 text encoder, as a parity test against the fp32 reference needs; images
@@ -31,13 +38,6 @@ COMFY_ARGS = ["--cpu", "--fp32-text-enc", "--output-directory", OUTPUT_DIR, "--i
 HOST_PATH = comfy_host.find_comfyui()
 if HOST_PATH is not None:
     comfy_host.configure(HOST_PATH, COMFY_ARGS)
-    # The tests import the core as ``bksdm``: that name is bound to the pack's one copy, the one
-    # ComfyUI's nodes use (imported under ComfyUI's name for the pack), so no test hands one
-    # copy's objects to another copy's code, as the commands never do either.
-    _core = comfy_host.pack_module("bksdm")
-    sys.modules["bksdm"] = _core
-    for _module in pkgutil.iter_modules(_core.__path__):
-        sys.modules[f"bksdm.{_module.name}"] = comfy_host.pack_module(f"bksdm.{_module.name}")
 
 
 def pytest_configure(config):
@@ -87,7 +87,7 @@ def thirdparty(host):
 def pack(comfy):
     """A module of this pack by name (``pack("nodes.build")``), under the name ComfyUI's custom-node
     loader gives the pack: the modules the host's nodes use, whichever of the two imports them first."""
-    return comfy_host.pack_module
+    return pack_import.pack_module
 
 
 @pytest.fixture

@@ -299,7 +299,7 @@ def test_single_file_loader_refuses_what_it_cannot_load(kind, host, tmp_path_fac
                    for t in unet_tensors(spec)}
     name = f"{kind.replace(' ', '-')}.safetensors"
     save_file(tensors, str(root / name))
-    errors = host.pack_module("bksdm.errors")
+    import bksdm.errors as errors
     with pytest.raises(errors.BKSDMError) as raised:
         _node(host, "BKSDMCheckpointLoader").execute(ckpt_name=name, weight_dtype="default", prediction="auto")
     assert_clear(raised.value, name)
@@ -312,7 +312,7 @@ def test_adapters_refuse_models_they_cannot_map(host, sd1_pipeline):
 
     model = _node(host, "BKSDMUNetLoader").execute(model_name=sd1_pipeline.path.name, weight_dtype="fp16",
                                                    prediction="auto").args[0]
-    errors = host.pack_module("bksdm.errors")
+    import bksdm.errors as errors
     custom = model.clone()
     custom.model.model_config = comfy.supported_models.SD15(dict(  # three res blocks per level
         model.model.model_config.unet_config, num_res_blocks=[3, 3, 3, 3], transformer_depth=[1] * 9 + [0] * 3,
@@ -338,7 +338,7 @@ def _limited_convert(folder: Path, output: Path, limit: int) -> subprocess.Compl
     """The convert command with files capped at ``limit`` bytes: how a full disk looks to a writer."""
     code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
             f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
-            "from cli import convert; "
+            "import pack_import; convert = pack_import.pack_module('cli.convert'); "
             f"sys.exit(convert.main([{str(folder)!r}, {str(output)!r}, '--precision', 'fp16']))")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
@@ -424,7 +424,7 @@ def test_a_damaged_lora_file_is_refused_by_name(host, sd1_pipeline, tmp_path_fac
     (root / "cut.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")
     model = _node(host, "BKSDMUNetLoader").execute(model_name=sd1_pipeline.path.name, weight_dtype="fp16",
                                                    prediction="auto").args[0]
-    errors = host.pack_module("bksdm.errors")
+    import bksdm.errors as errors
     with pytest.raises(errors.InvalidFileError) as raised:
         _node(host, "BKSDMLoraLoader").execute(model=model, lora_name="cut.safetensors", strength_model=1.0,
                                                strength_clip=1.0)

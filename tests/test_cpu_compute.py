@@ -6,6 +6,8 @@ test_end_to_end). bf16: computed in bf16 where the CPU has it natively, not cast
 import pytest
 import torch
 
+import pack_import
+
 pytestmark = pytest.mark.host
 
 
@@ -75,7 +77,7 @@ def test_every_attention_flag_of_this_release_counts_as_a_choice(host, monkeypat
     attention_flags = [a for a in vars(comfy.cli_args.args) if a.startswith("use_") and a.endswith("_attention")]
     assert {"use_quad_cross_attention", "use_split_cross_attention", "use_pytorch_cross_attention"} <= set(
         attention_flags)
-    pack_attention = host.pack_module("nodes.cpu")
+    pack_attention = pack_import.pack_module("nodes.cpu")
     for name in attention_flags:
         monkeypatch.setattr(comfy.cli_args.args, name, True)
         assert pack_attention.attention_flags_given() == [f"--{name.replace('_', '-')}"]
@@ -86,7 +88,7 @@ def test_gpu_models_keep_comfyuis_choice(host, monkeypatch):
     """A MODEL whose load device is a GPU gets no override (its device is only read, never used here)."""
     import comfy.model_patcher
 
-    pack_attention = host.pack_module("nodes.cpu")
+    pack_attention = pack_import.pack_module("nodes.cpu")
     patcher = comfy.model_patcher.ModelPatcher(torch.nn.Linear(1, 1), load_device=torch.device("cuda", 0),
                                                offload_device=torch.device("cpu"))
     assert pack_attention.prefer_sdpa(patcher) is False
@@ -114,5 +116,5 @@ def test_bf16_choice_computes_in_bf16_where_the_cpu_has_it(host, sd1_pipeline, s
     finally:
         for hook in hooks:
             hook.remove()
-    native = host.pack_module("nodes.cpu").cpu_has_native_bf16()
+    native = pack_import.pack_module("nodes.cpu").cpu_has_native_bf16()
     assert seen == dict.fromkeys(("conv", "linear"), torch.bfloat16 if native else torch.float32)

@@ -27,6 +27,7 @@ import pytest
 from fake_hub import FakeHub, bk_sdm_repo
 from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
 
+import pack_import
 from bksdm import pipeline
 from bksdm.download import MARKER, STAGING_PREFIX, download_model, is_downloaded, manual_steps, parse_repo_id
 from bksdm.errors import DownloadError, ModelNotFoundError
@@ -455,7 +456,7 @@ def test_command_defaults_to_comfyuis_diffusers_folder_with_extra_model_paths(hu
         f"shared:\n  base_path: {elsewhere}\n  is_default: true\n  diffusers: diffusers\n", encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "COMFYUI_PATH"))}
     env |= {"HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf-home")}
-    run = subprocess.run([sys.executable, "-m", "cli.download", NAME, "--comfyui", str(comfy)], cwd=REPO, env=env,
+    run = subprocess.run([sys.executable, str(REPO), "download", NAME, "--comfyui", str(comfy)], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == str(elsewhere / "diffusers" / NAME)
@@ -468,7 +469,7 @@ def test_command_defaults_to_comfyuis_diffusers_folder_with_extra_model_paths(hu
 @pytest.fixture
 def download_node():
     """The node class, imported as ComfyUI imports the pack (``nodes`` inside the pack package)."""
-    return comfy_host.pack_module("nodes.download").DownloadNode
+    return pack_import.pack_module("nodes.download").DownloadNode
 
 
 @pytest.mark.host
@@ -513,7 +514,7 @@ def test_main_job_downloads_a_missing_registry_model_then_loads_it(hub, tmp_path
     (base / "custom_nodes").mkdir(parents=True)  # what a base directory holds: ComfyUI's start-up lists it
     env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "COMFYUI_PATH": str(host.path),
            "PYTHONPATH": str(REPO)}
-    run = subprocess.run([sys.executable, "-m", "cli.txt2img", "a fox", "--model", NAME, "-o", str(tmp_path / "x.png"),
+    run = subprocess.run([sys.executable, str(REPO), "txt2img", "a fox", "--model", NAME, "-o", str(tmp_path / "x.png"),
                           f"--comfy-arg=--base-directory={base}"], cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=600)
     folder = base / "models" / "diffusers" / NAME

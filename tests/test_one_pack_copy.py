@@ -1,15 +1,15 @@
 """One copy of the pack in a process: the commands and ComfyUI import each pack file once.
 
-The commands import the pack through ``comfy_host.pack_module``, under the name ComfyUI's
-``load_custom_node`` gives it, so whichever loads second reuses the other's modules. Each
-order runs in a fresh process (this file, run as a script), as a command or ComfyUI starts.
+The commands are modules of the pack's package, imported (``pack_import``) under the name
+ComfyUI's ``load_custom_node`` gives it, and reach the rest of the pack by relative imports, so
+whichever loads second reuses the other's modules. Each order runs in a fresh process (this
+file, run as a script), as a command or ComfyUI starts.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -37,9 +37,9 @@ def test_each_pack_file_is_one_module_and_errors_cross(order, tmp_path):
     copies = {file: names for file, names in result["modules_by_file"].items() if len(names) > 1}
     assert not copies, f"pack files imported more than once: {copies}"
     imported = {file for file, names in result["modules_by_file"].items() if names}
-    expected = {"__init__.py", "bksdm/__init__.py", "bksdm/errors.py", "nodes/__init__.py", "nodes/loaders.py",
-                "nodes/convert.py", "cli/txt2img.py", "cli/download.py", "cli/convert.py", "cli/comfy_host.py",
-                *(f"{name.replace('.', '/')}.py" for name in result["pack_module_names"])}
+    expected = {"__init__.py", "bksdm/__init__.py", "bksdm/errors.py", "bksdm/pipeline.py", "bksdm/download.py",
+                "nodes/__init__.py", "nodes/loaders.py", "nodes/convert.py", "cli/__init__.py", "cli/txt2img.py",
+                "cli/download.py", "cli/convert.py", "cli/comfy_host.py"}
     assert expected <= imported, f"not imported: {sorted(expected - imported)}"
     assert result["comfyui_node_module"] == f"{result['pack_package']}.nodes.loaders"  # ComfyUI's name is ours
     assert result["caught"] == "UnsupportedModelError"
@@ -47,33 +47,30 @@ def test_each_pack_file_is_one_module_and_errors_cross(order, tmp_path):
 
 # --------------------------------------------------------------------------- the child process
 
-def import_as_the_commands_do() -> list[str]:
-    """The commands' modules and every pack module they name through ``pack_module``."""
-    import cli.convert
-    import cli.download
-    import cli.txt2img
-    from cli import comfy_host
+def import_as_the_commands_do() -> None:
+    """The commands' modules, as ``python <pack folder> COMMAND`` imports them (with the pack modules
+    they import), and the node layer ``convert`` imports once ComfyUI has started."""
+    from pack_import import pack_module
 
-    names = sorted({name for command in (cli.convert, cli.download, cli.txt2img)
-                    for name in re.findall(r'pack_module\("([\w.]+)"\)', Path(command.__file__).read_text())})
-    for name in names:
-        if name.startswith("bksdm.") or comfy_host.running_host():  # the node modules need a started ComfyUI
-            comfy_host.pack_module(name)
-    return names
+    for name in ("convert", "download", "txt2img"):
+        pack_module(f"cli.{name}")
+    if pack_module("cli.comfy_host").running_host():
+        pack_module("nodes.convert")
 
 
 def child(order: str, comfy_path: str, scratch: str) -> dict:
-    from cli import comfy_host
+    from pack_import import PACK_MODULE, pack_module
 
+    comfy_host = pack_module("cli.comfy_host")
     if order == "commands-first":
-        names = import_as_the_commands_do()
-        command_errors = comfy_host.pack_module("bksdm.errors")
+        import_as_the_commands_do()
+        command_errors = pack_module("bksdm.errors")
         host = comfy_host.start(Path(comfy_path), ["--cpu"])
         import_as_the_commands_do()
     else:
         host = comfy_host.start(Path(comfy_path), ["--cpu"])
-        names = import_as_the_commands_do()
-        command_errors = comfy_host.pack_module("bksdm.errors")
+        import_as_the_commands_do()
+        command_errors = pack_module("bksdm.errors")
 
     # A transformer pipeline, which the pipeline loader node refuses with UnsupportedModelError.
     import folder_paths
@@ -95,8 +92,8 @@ def child(order: str, comfy_path: str, scratch: str) -> dict:
         file = getattr(module, "__file__", None)
         if file and Path(file).resolve() in PACK_FILES:
             modules_by_file[str(Path(file).resolve().relative_to(REPO))].append(name)
-    return {"modules_by_file": modules_by_file, "pack_module_names": names, "caught": caught,
-            "pack_package": comfy_host.PACK_MODULE, "comfyui_node_module": loader.__module__}
+    return {"modules_by_file": modules_by_file, "caught": caught,
+            "pack_package": PACK_MODULE, "comfyui_node_module": loader.__module__}
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ import tomllib
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-PRODUCT = {"__init__.py", "__main__.py", "bksdm", "nodes", "cli", "web", "example_workflows", "README.md",
-           "LICENSE", "pyproject.toml", "requirements.txt"}
+PRODUCT = {"__init__.py", "__main__.py", "pack_import.py", "bksdm", "nodes", "cli", "web", "example_workflows",
+           "README.md", "LICENSE", "pyproject.toml", "requirements.txt"}
 PACK = """
 import sys
 from comfy_cli.file_utils import zip_files
