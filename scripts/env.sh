@@ -33,4 +33,7 @@ setup_environment() {
     # ComfyUI's own requirements (its front end included), less the torch stack installed above.
     grep -vE '^(torch|torchvision|torchaudio)[[:space:]]*$' "$COMFY/requirements.txt" > "$VENV/comfyui-requirements.txt"
     pip_install -r "$VENV/comfyui-requirements.txt" -r "$ROOT/requirements.txt"
+    # ComfyUI 0.3.64 imports requests (app/frontend_management.py) without listing it: it came
+    # with huggingface_hub 0.x, which today's transformers no longer pull in. 0.33.0 lists it.
+    "$PY" -c "import requests" 2>/dev/null || pip_install requests
 }
