@@ -44,11 +44,11 @@ def pack_module(name: str) -> ModuleType:
 
 
 def bind_names(*packages: str) -> None:
-    """Make top-level ``import cli`` / ``import bksdm`` (and their modules) give the pack's own copies,
+    """Make top-level ``import cli`` / ``import bksdm`` (and every module under them) give the pack's own copies,
     as the tests and the benchmarks import them. Not for a process that loads other node packs:
     it claims those names for this pack."""
     for name in packages:
         package = pack_module(name)
         sys.modules[name] = package
-        for module in pkgutil.iter_modules(package.__path__):
-            sys.modules[f"{name}.{module.name}"] = pack_module(f"{name}.{module.name}")
+        for module in pkgutil.walk_packages(package.__path__, f"{name}."):
+            sys.modules[module.name] = pack_module(module.name)

@@ -80,7 +80,9 @@ def pack_worker(spec: dict) -> dict:
     folder_paths.add_model_folder_path("diffusers", str(Path(spec["folder"]).parent))
     name = Path(spec["folder"]).name
     loader = host.nodes.NODE_CLASS_MAPPINGS["BKSDMPipelineLoader"]
-    build, pipeline = pack_import.pack_module("nodes.build"), pack_import.pack_module("bksdm.pipeline")
+    from bksdm.files import pipeline
+
+    build = pack_import.pack_module("nodes.build")
     half = spec["dtype"] == "fp16"
     te_half = half or build.prefers_half_files(build.text_encoder_dtype())  # read as ComfyUI stores it
     folder = pipeline.open_model_folder(spec["folder"])

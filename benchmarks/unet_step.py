@@ -52,14 +52,15 @@ SMOKE = {"layouts": "sd1-tiny", "sizes": "64", "warmup": 1, "repeats": 1}
 
 def pack_model(config: dict, name: str, reference, dtype):
     """The MODEL the pack's loaders build from the diffusers U-Net ``reference``: its state dict
-    renamed by the pack, then the loader's own last step (``nodes.build``). Every call into the
-    pack is here, through the one copy of it ComfyUI would load (``pack_import``)."""
+    renamed by the pack, then the loader's own last step (``nodes.build``), all from the one copy
+    of the pack ComfyUI would load (``repo`` binds ``bksdm``; ``nodes`` needs the running host)."""
+    from bksdm.files import components, unet_config
+    from bksdm.layout import unet_keys
     from pack_import import pack_module
 
-    unet_spec = pack_module("bksdm.unet_config").spec_from_diffusers_config(config, name)
-    state = pack_module("bksdm.unet_keys").convert_diffusers_unet(reference.state_dict(), unet_spec, name,
-                                                                  unet_spec.describe())
-    weights = pack_module("bksdm.components").UNetWeights(unet_spec, state, name)
+    unet_spec = unet_config.spec_from_diffusers_config(config, name)
+    state = unet_keys.convert_diffusers_unet(reference.state_dict(), unet_spec, name, unet_spec.describe())
+    weights = components.UNetWeights(unet_spec, state, name)
     return pack_module("nodes.build").build_model(weights, dtype, "epsilon")
 
 

@@ -12,8 +12,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from ..bksdm import pipeline
 from ..bksdm.errors import BKSDMError
+from ..bksdm.files import pipeline
 from . import comfy_host
 
 log = logging.getLogger("bksdm.convert")

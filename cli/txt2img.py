@@ -21,8 +21,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..bksdm import components, download, pipeline, variants
+from ..bksdm import download
 from ..bksdm.errors import BKSDMError, ModelNotFoundError
+from ..bksdm.files import components, pipeline
+from ..bksdm.layout import variants
 from . import comfy_host
 from .workflow import WorkflowError, nodes_of_type, only_node_of_type, to_api_prompt
 

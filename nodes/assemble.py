@@ -1,7 +1,7 @@
 """Files → ComfyUI MODEL / CLIP / VAE: what the loader nodes, the checkpoint export and ComfyUI's
 reload of a MODEL (``cached_patcher_init``) all build from a model folder or a single-file checkpoint.
 
-``bksdm.components`` reads and checks the files, ``nodes.build`` makes ComfyUI's objects of them;
+``bksdm.files.components`` reads and checks the files, ``nodes.build`` makes ComfyUI's objects of them;
 between the two, this module decides the U-Net's dtype (and so which files are read), the
 prediction type, the teacher addressing every MODEL gets, and the one log line of a load.
 """
@@ -15,10 +15,11 @@ from typing import NamedTuple
 import comfy.utils
 import torch
 
-from ..bksdm import components, pipeline
-from ..bksdm.unet_keys import parameter_count
-from ..bksdm.variants import classify_layout
-from ..bksdm.weights import load_state_dict
+from ..bksdm.files import components, pipeline
+from ..bksdm.files.weights import load_state_dict
+from ..bksdm.layout.unet_keys import parameter_count
+from ..bksdm.layout.unet_spec import UNetSpec
+from ..bksdm.layout.variants import classify_layout
 from .build import (
     WEIGHT_DTYPES,
     build_clip,
@@ -50,14 +51,16 @@ def read_folder_unet(folder: pipeline.ModelFolder, weight_dtype: str) -> tuple[F
     stored, for "default"), and the MODEL build converts them.
     """
     config_spec = components.read_unet_spec(folder)
-    read_first = None if config_spec else _read_unet(folder, WEIGHT_DTYPES[weight_dtype])
-    dtype = unet_dtype(weight_dtype, config_spec or read_first.weights.spec)
-    return read_first or _read_unet(folder, dtype), dtype
+    if config_spec is None:
+        read_first = _read_unet(folder, WEIGHT_DTYPES[weight_dtype], None)
+        return read_first, unet_dtype(weight_dtype, read_first.weights.spec)
+    dtype = unet_dtype(weight_dtype, config_spec)
+    return _read_unet(folder, dtype, config_spec), dtype
 
 
-def _read_unet(folder: pipeline.ModelFolder, dtype: torch.dtype | None) -> FolderUNet:
+def _read_unet(folder: pipeline.ModelFolder, dtype: torch.dtype | None, spec: UNetSpec | None) -> FolderUNet:
     half = prefers_half_files(dtype)
-    return FolderUNet(components.load_unet(folder, prefer_half=half, dtype=dtype, mmap=map_weight_files()), half)
+    return FolderUNet(components.load_unet(folder, half, dtype, map_weight_files(), spec), half)
 
 
 def load_folder_unet(folder: pipeline.ModelFolder, weight_dtype: str, prediction: str, disable_dynamic: bool = False):

@@ -22,10 +22,10 @@ import comfy.supported_models
 import comfy.utils
 import torch
 
-from ..bksdm.components import UNetWeights
 from ..bksdm.errors import UnsupportedModelError
-from ..bksdm.unet_keys import parameter_count
-from ..bksdm.unet_spec import FAMILIES, UNetSpec, spec_from_unet_config
+from ..bksdm.files.components import UNetWeights
+from ..bksdm.layout.unet_keys import parameter_count
+from ..bksdm.layout.unet_spec import FAMILIES, UNetSpec, spec_from_unet_config
 from .cpu import compute_in_bf16, prefer_sdpa
 
 MODEL_CLASSES = {"sd1": comfy.supported_models.SD15, "sd2": comfy.supported_models.SD20}

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..bksdm.block_map import ALIGNMENTS, require_known_layout
-from ..bksdm.controlnet import DEFAULT_ALIGNMENT
+from ..bksdm.layout.block_map import ALIGNMENTS, require_known_layout
+from ..bksdm.layout.controlnet import DEFAULT_ALIGNMENT
 from .build import spec_of
 from .inputs import choice, verdict
 from .teacher_addressing import set_teacher_addressing

@@ -11,9 +11,9 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..bksdm import pipeline
 from ..bksdm.errors import ExportError, ModelNotFoundError
-from ..bksdm.variants import classify_layout
+from ..bksdm.files import pipeline
+from ..bksdm.layout.variants import classify_layout
 from .assemble import load_folder
 from .build import spec_of
 from .inputs import choice, diffusers_roots, folder_input, model_folder, verdict
@@ -31,9 +31,7 @@ def write_checkpoint(folder: pipeline.ModelFolder, output: str, precision: str) 
     full disk included) never leaves a partial checkpoint under that name.
     """
     if os.path.exists(output):  # a user's file: never overwritten, never deleted for them
-        raise ExportError(path=output, expected="a file name not taken yet", found="a file of that name already there",
-                          fix="type another file name, or delete or move the old file yourself first; nothing was "
-                          "written")
+        raise _taken(output)
     dtype = PRECISIONS[precision]
     model, clip, vae = load_folder(folder, precision, "auto", clip_options={"dtype": dtype}, vae_dtype=dtype)
     spec = spec_of(model)
@@ -44,7 +42,9 @@ def write_checkpoint(folder: pipeline.ModelFolder, output: str, precision: str) 
     partial = f"{output}.partial-{os.getpid()}"
     try:
         comfy.sd.save_checkpoint(partial, model, clip, vae, metadata=metadata)
-        os.replace(partial, output)
+        _move_into_place(partial, output)
+    except FileExistsError:  # a file of that name appeared while this one was written
+        raise _taken(output) from None
     except Exception as e:  # safetensors reports a full disk as its own error type, not OSError
         raise ExportError(path=output, expected="room and permission to write the checkpoint",
                           found=f"{type(e).__name__}: {e}",
@@ -54,6 +54,27 @@ def write_checkpoint(folder: pipeline.ModelFolder, output: str, precision: str) 
             os.remove(partial)
     log.info("BK-SDM: wrote %s (%s, %s)", output, layout, precision)
     return output
+
+
+def _taken(output: str) -> ExportError:
+    return ExportError(path=output, expected="a file name not taken yet", found="a file of that name already there",
+                       fix="type another file name, or delete or move the old file yourself first; nothing was written")
+
+
+def _move_into_place(partial: str, output: str) -> None:
+    """Give ``partial`` the name ``output`` unless that name is taken by then: a hard link never
+    replaces a file, where a rename would on POSIX. Without hard links (FAT, some network
+    shares), the name is checked once more just before the rename."""
+    try:
+        os.link(partial, output)
+    except FileExistsError:
+        raise
+    except OSError:
+        if os.path.lexists(output):
+            raise FileExistsError(output) from None
+        os.replace(partial, output)
+    else:
+        os.remove(partial)
 
 
 def _filename_problem(filename: str) -> str | None:

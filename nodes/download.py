@@ -9,7 +9,7 @@ from comfy_api.latest import io, ui
 
 from ..bksdm.download import WEIGHT_CHOICES, download_model, is_downloaded, parse_repo_id
 from ..bksdm.errors import DownloadError
-from ..bksdm.variants import VARIANTS
+from ..bksdm.layout.variants import VARIANTS
 from .inputs import choice, diffusers_roots
 
 CATEGORY = "loaders/BK-SDM"

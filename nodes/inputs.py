@@ -10,8 +10,8 @@ from __future__ import annotations
 import folder_paths
 from comfy_api.latest import io
 
-from ..bksdm import pipeline
 from ..bksdm.errors import BKSDMError
+from ..bksdm.files import pipeline
 from .build import WEIGHT_DTYPES
 
 PREDICTIONS = ("auto", "epsilon", "v_prediction")

@@ -10,8 +10,8 @@ import os
 import folder_paths
 from comfy_api.latest import io
 
-from ..bksdm import pipeline
 from ..bksdm.errors import BKSDMError
+from ..bksdm.files import pipeline
 from .assemble import load_checkpoint, load_folder, load_folder_unet
 from .build import WEIGHT_DTYPES
 from .inputs import (

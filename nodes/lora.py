@@ -6,8 +6,8 @@ import comfy.sd
 import folder_paths
 from comfy_api.latest import io
 
-from ..bksdm.lora import transfer_lora
-from ..bksdm.weights import load_state_dict
+from ..bksdm.files.weights import load_state_dict
+from ..bksdm.layout.lora import transfer_lora
 from .build import map_weight_files, spec_of
 from .inputs import listed_file, verdict
 

@@ -4,7 +4,7 @@ Other nodes patch a MODEL in SD's terms: ControlNet and T2I-Adapter control per 
 skip, replace patches keyed by teacher block address (IP-Adapter, SAG, PAG), block
 patches that test teacher block numbers (Kohya Deep Shrink). One diffusion-model wrapper
 (ComfyUI's patcher extension API), installed by the pack's loaders, translates all of
-them on every U-Net call, through the one init map of ``bksdm.addresses``:
+them on every U-Net call, through the one init map of ``bksdm.layout.addresses``:
 
 - control goes onto the student's skips (``ControlRemap``);
 - a replace patch runs at the student block initialised from its teacher block, sees the
@@ -30,12 +30,12 @@ import re
 import comfy.controlnet
 import comfy.patcher_extension
 
-from ..bksdm.addresses import Address, AttentionSite, TeacherAddresses, teacher_addresses
-from ..bksdm.controlnet import DEFAULT_ALIGNMENT, ControlRemap, skip_count
 from ..bksdm.errors import PatchMisfitError, UnsupportedModelError
-from ..bksdm.unet_keys import MIDDLE
-from ..bksdm.unet_spec import UNetSpec
-from ..bksdm.variants import classify_layout
+from ..bksdm.layout.addresses import Address, AttentionSite, TeacherAddresses, teacher_addresses
+from ..bksdm.layout.controlnet import DEFAULT_ALIGNMENT, ControlRemap, skip_count
+from ..bksdm.layout.unet_keys import MIDDLE
+from ..bksdm.layout.unet_spec import UNetSpec
+from ..bksdm.layout.variants import classify_layout
 
 log = logging.getLogger(__name__)
 

@@ -84,12 +84,12 @@ print(json.dumps(out))
 """
 
 # Run by the overlay's interpreter in the checkout: a file with a tensor of every dtype that
-# bksdm.weights accepts in a header, written byte by byte here (the pack only reads safetensors),
+# bksdm.files.weights accepts in a header, written byte by byte here (the pack only reads safetensors),
 # is read back through the pack's loader (safetensors' safe_open), memory-mapped and copied.
 PROBE_DTYPES = """
 import json, os, struct, sys, tempfile
 import torch
-from bksdm.weights import DTYPE_BYTES, load_state_dict
+from bksdm.files.weights import DTYPE_BYTES, load_state_dict
 TORCH = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
          "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}

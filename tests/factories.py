@@ -58,8 +58,8 @@ def script_name(key: str) -> str:
 
 def gapped_checkpoint(checkpoint: dict, spec) -> dict:
     """A contiguous single-file checkpoint renamed to the conversion script's numbering."""
-    from bksdm.detect import LDM_PREFIX
-    from bksdm.unet_keys import unet_tensors
+    from bksdm.files.detect import LDM_PREFIX
+    from bksdm.layout.unet_keys import unet_tensors
 
     to_diffusers = {LDM_PREFIX + t.ldm: t.diffusers for t in unet_tensors(spec)}
     return {LDM_PREFIX + script_name(to_diffusers[k]) if k in to_diffusers else k: v for k, v in checkpoint.items()}

@@ -3,9 +3,9 @@
 import pytest
 from factories import BK_CONFIGS, unet_config
 
-from bksdm.addresses import attention_sites, teacher_addresses
-from bksdm.unet_config import spec_from_diffusers_config
-from bksdm.variants import classify_layout
+from bksdm.files.unet_config import spec_from_diffusers_config
+from bksdm.layout.addresses import attention_sites, teacher_addresses
+from bksdm.layout.variants import classify_layout
 
 # ComfyUI block addresses, teacher -> student, transcribed from block-map.md's LDM columns.
 BASE_INPUT = {0: 0, 1: 1, 3: 2, 4: 3, 6: 4, 7: 5, 9: 6, 10: 7}

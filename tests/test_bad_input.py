@@ -16,7 +16,6 @@ import torch
 from factories import unet_config
 from safetensors.torch import save_file
 
-from bksdm import components, pipeline
 from bksdm.errors import (
     BKSDMError,
     InvalidFileError,
@@ -24,7 +23,8 @@ from bksdm.errors import (
     UnsupportedModelError,
     WeightsMismatchError,
 )
-from bksdm.weights import load_state_dict
+from bksdm.files import components, pipeline
+from bksdm.files.weights import load_state_dict
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -291,8 +291,8 @@ def test_single_file_loader_refuses_what_it_cannot_load(kind, host, tmp_path_fac
         "no text encoder": {},
     }[kind]
     if kind == "no text encoder":
-        from bksdm.unet_config import spec_from_diffusers_config
-        from bksdm.unet_keys import unet_tensors
+        from bksdm.files.unet_config import spec_from_diffusers_config
+        from bksdm.layout.unet_keys import unet_tensors
 
         spec = spec_from_diffusers_config(unet_config("v1_bk_tiny"))
         tensors = {f"model.diffusion_model.{t.ldm}": torch.empty(t.shape, dtype=torch.float16)

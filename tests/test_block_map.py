@@ -3,11 +3,11 @@
 import pytest
 from factories import BK_CONFIGS, unet_config
 
-from bksdm.block_map import block_map, keeps_middle_residual, skip_alignment, skip_consumers, skip_producers
-from bksdm.controlnet import ControlRemap, skip_count
 from bksdm.errors import UnsupportedModelError
-from bksdm.unet_config import spec_from_diffusers_config
-from bksdm.variants import classify_layout
+from bksdm.files.unet_config import spec_from_diffusers_config
+from bksdm.layout.block_map import block_map, keeps_middle_residual, skip_alignment, skip_consumers, skip_producers
+from bksdm.layout.controlnet import ControlRemap, skip_count
+from bksdm.layout.variants import classify_layout
 
 STEM = {"time_embed": "time_embed", "input_blocks.0.0": "input_blocks.0.0", "out": "out"}
 

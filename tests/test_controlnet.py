@@ -9,10 +9,10 @@ import pytest
 import torch
 from factories import random_controlnet, random_unet, unet_config
 
-from bksdm.block_map import keeps_middle_residual, skip_alignment
-from bksdm.components import UNetWeights
-from bksdm.unet_config import spec_from_diffusers_config
-from bksdm.unet_keys import convert_diffusers_unet
+from bksdm.files.components import UNetWeights
+from bksdm.files.unet_config import spec_from_diffusers_config
+from bksdm.layout.block_map import keeps_middle_residual, skip_alignment
+from bksdm.layout.unet_keys import convert_diffusers_unet
 
 pytestmark = pytest.mark.host
 TOLERANCE = 1e-4
@@ -129,8 +129,8 @@ def test_chained_controls_and_a_transferred_lora_all_apply(control_files, random
     from safetensors.torch import save_file
     from test_lora_transfer import synthetic_teacher_lora
 
-    from bksdm.block_map import teacher_spec
-    from bksdm.unet_config import spec_from_config_file
+    from bksdm.files.unet_config import spec_from_config_file
+    from bksdm.layout.block_map import teacher_spec
 
     root = tmp_path_factory.mktemp("loras")
     folder_paths.add_model_folder_path("loras", str(root))

@@ -28,9 +28,9 @@ from fake_hub import FakeHub, bk_sdm_repo
 from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
 
 import pack_import
-from bksdm import pipeline
 from bksdm.download import MARKER, STAGING_PREFIX, download_model, is_downloaded, manual_steps, parse_repo_id
 from bksdm.errors import DownloadError, ModelNotFoundError
+from bksdm.files import pipeline
 from cli import comfy_host
 
 REPO = Path(__file__).resolve().parents[1]

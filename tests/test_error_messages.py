@@ -17,7 +17,9 @@ from test_bad_input import _linked_copy
 from test_ipadapter import apply_embeds, ipadapter  # noqa: F401  (ipadapter: the fixture)
 from test_teacher_addressing import bk_model, run_unet
 
-from bksdm import components, errors, pipeline
+import pack_import
+from bksdm import errors
+from bksdm.files import components, pipeline
 
 # Where a model the pack refuses loads instead, by what the user gave it (errors.ELSEWHERE).
 FILE_FIX = ("if ComfyUI supports this model, load the file with ComfyUI's own Load Checkpoint (a whole checkpoint, "
@@ -88,6 +90,23 @@ def test_convert_refuses_an_existing_file_as_a_file_it_cannot_write(host, sd1_pi
     assert raised.value.path == str(root / "mine.safetensors")
     assert (root / "mine.safetensors").read_bytes() == b"the user's own file"
     assert [p.name for p in root.iterdir()] == ["mine.safetensors"]
+
+
+@pytest.mark.host
+def test_a_file_that_takes_the_name_while_the_export_is_written_is_kept(host, tmp_path):
+    """The last step of the export never replaces a file: one made under the name since the
+    first check stays, and the export fails as if it had been there from the start."""
+    convert = pack_import.pack_module("nodes.convert")
+    written, users = tmp_path / "mine.safetensors.partial-1", tmp_path / "mine.safetensors"
+    written.write_bytes(b"the checkpoint")
+    users.write_bytes(b"the user's own file")
+    with pytest.raises(FileExistsError):
+        convert._move_into_place(str(written), str(users))
+    assert users.read_bytes() == b"the user's own file"
+    users.unlink()
+    convert._move_into_place(str(written), str(users))
+    assert users.read_bytes() == b"the checkpoint"
+    assert [p.name for p in tmp_path.iterdir()] == ["mine.safetensors"]
 
 
 @pytest.mark.host
@@ -224,6 +243,16 @@ def test_weights_in_parts_are_refused_with_a_command_that_joins_them(component, 
     original = pipeline.open_model_folder(str(sd1_pipeline.path))
     expected = components.load_vae(original, prefer_half=True) if component == "vae" else \
         components.load_text_encoder(original, components.read_unet_spec(original), prefer_half=True)
+    loaded = load()
+    assert loaded.keys() == expected.keys() and all(torch.equal(loaded[k], v) for k, v in expected.items())
+    # The same command as a Windows user gets it: one double-quoted argument, which cmd and
+    # PowerShell pass on whole, so no double quote inside; it joins the parts alike.
+    (directory / joined).unlink()
+    windows = pipeline.merge_shards_command(str(directory), index, joined.split(".")[0], windows=True)
+    assert windows.startswith('python -c "') and windows.endswith('"') and windows.count('"') == 2
+    run = subprocess.run([sys.executable, "-c", windows[len('python -c "'):-1]], capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr
     loaded = load()
     assert loaded.keys() == expected.keys() and all(torch.equal(loaded[k], v) for k, v in expected.items())
 
@@ -381,8 +410,8 @@ def test_a_file_without_a_checkpoints_unet_says_where_it_belongs(kind, host, com
 
 @pytest.mark.host
 def test_a_checkpoint_without_its_text_encoder_says_what_loads_it(host, comfy_folder):
-    from bksdm.unet_config import spec_from_diffusers_config
-    from bksdm.unet_keys import unet_tensors
+    from bksdm.files.unet_config import spec_from_diffusers_config
+    from bksdm.layout.unet_keys import unet_tensors
 
     root = comfy_folder("checkpoints")
     spec = spec_from_diffusers_config(unet_config("v1_bk_tiny"))

@@ -13,8 +13,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from test_lora_transfer import synthetic_teacher_lora
 
-from bksdm.unet_config import spec_from_diffusers_config
-from bksdm.unet_keys import diffusers_to_ldm
+from bksdm.files.unet_config import spec_from_diffusers_config
+from bksdm.layout.unet_keys import diffusers_to_ldm
 
 pytestmark = pytest.mark.host
 SIZE = 128  # patches such as FreeU normalise over the bottom level's pixels: keep it above 1x1
@@ -120,7 +120,7 @@ def loras(tmp_path_factory, host):
 def test_sd_lora_through_the_transfer_node(random_pipeline, loras, baseline, host, caplog):
     family = random_pipeline.family
     student = spec_from_diffusers_config(unet_config(_unet_name(random_pipeline)))
-    from bksdm.block_map import teacher_spec
+    from bksdm.layout.block_map import teacher_spec
 
     lora, _ = synthetic_teacher_lora(teacher_spec(student), seed=7)
     lora = {k: v for k, v in lora.items() if not k.startswith("lora_te")}

@@ -3,10 +3,10 @@
 import pytest
 from factories import BK_CONFIGS, TEACHER_CONFIGS, script_name, unet_config
 
-from bksdm.detect import detect_unet, gapped_ldm_renames
 from bksdm.errors import BKSDMError, UnsupportedModelError, WeightsMismatchError
-from bksdm.unet_config import spec_from_diffusers_config
-from bksdm.unet_keys import check_tensors, convert_diffusers_unet, diffusers_to_ldm, unet_tensors
+from bksdm.files.detect import detect_unet, gapped_ldm_renames
+from bksdm.files.unet_config import spec_from_diffusers_config
+from bksdm.layout.unet_keys import check_tensors, convert_diffusers_unet, diffusers_to_ldm, unet_tensors
 
 ALL_CONFIGS = BK_CONFIGS + list(TEACHER_CONFIGS.values())
 

@@ -6,11 +6,11 @@ import torch
 from factories import unet_config
 from test_block_map import STUDENTS, official_map
 
-from bksdm.block_map import teacher_spec
-from bksdm.lora import transfer_lora
-from bksdm.unet_config import spec_from_diffusers_config
-from bksdm.unet_keys import unet_blocks
-from bksdm.variants import classify_layout
+from bksdm.files.unet_config import spec_from_diffusers_config
+from bksdm.layout.block_map import teacher_spec
+from bksdm.layout.lora import transfer_lora
+from bksdm.layout.unet_keys import unet_blocks
+from bksdm.layout.variants import classify_layout
 
 RANK = 2
 

@@ -19,7 +19,7 @@ import pytest
 pytestmark = pytest.mark.host
 
 REPO = Path(__file__).resolve().parents[1]
-PACK_FILES = sorted([REPO / "__init__.py", *(REPO / "bksdm").glob("*.py"), *(REPO / "nodes").glob("*.py"),
+PACK_FILES = sorted([REPO / "__init__.py", *(REPO / "bksdm").rglob("*.py"), *(REPO / "nodes").glob("*.py"),
                      *(REPO / "cli").glob("*.py")])
 
 
@@ -37,9 +37,10 @@ def test_each_pack_file_is_one_module_and_errors_cross(order, tmp_path):
     copies = {file: names for file, names in result["modules_by_file"].items() if len(names) > 1}
     assert not copies, f"pack files imported more than once: {copies}"
     imported = {file for file, names in result["modules_by_file"].items() if names}
-    expected = {"__init__.py", "bksdm/__init__.py", "bksdm/errors.py", "bksdm/pipeline.py", "bksdm/download.py",
-                "nodes/__init__.py", "nodes/loaders.py", "nodes/convert.py", "cli/__init__.py", "cli/txt2img.py",
-                "cli/download.py", "cli/convert.py", "cli/comfy_host.py"}
+    expected = {"__init__.py", "bksdm/__init__.py", "bksdm/errors.py", "bksdm/files/pipeline.py",
+                "bksdm/download/__init__.py", "bksdm/download/request.py", "nodes/__init__.py", "nodes/loaders.py",
+                "nodes/convert.py", "cli/__init__.py", "cli/txt2img.py", "cli/download.py", "cli/convert.py",
+                "cli/comfy_host.py"}
     assert expected <= imported, f"not imported: {sorted(expected - imported)}"
     assert result["comfyui_node_module"] == f"{result['pack_package']}.nodes.loaders"  # ComfyUI's name is ours
     assert result["caught"] == "UnsupportedModelError"

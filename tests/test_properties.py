@@ -11,10 +11,10 @@ import copy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bksdm.detect import detect_unet
 from bksdm.errors import BKSDMError
-from bksdm.unet_config import spec_from_diffusers_config
-from bksdm.unet_keys import unet_tensors
+from bksdm.files.detect import detect_unet
+from bksdm.files.unet_config import spec_from_diffusers_config
+from bksdm.layout.unet_keys import unet_tensors
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

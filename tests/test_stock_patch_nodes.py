@@ -11,7 +11,7 @@ import pytest
 
 pytestmark = pytest.mark.host
 SIZE = 128
-STAND_IN = {"sd1": ("small", ("output", 2)), "sd2": ("tiny", ("output", 0))}  # documented in bksdm/addresses.py
+STAND_IN = {"sd1": ("small", ("output", 2)), "sd2": ("tiny", ("output", 0))}  # documented in bksdm/layout/addresses.py
 
 # node -> (inputs, how it addresses the U-Net)
 NODES = {

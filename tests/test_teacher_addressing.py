@@ -9,11 +9,11 @@ import torch
 from factories import random_unet, unet_config
 from test_addresses import STAND_IN, official
 
-from bksdm.addresses import teacher_addresses
-from bksdm.components import UNetWeights
-from bksdm.unet_config import spec_from_diffusers_config
-from bksdm.unet_keys import convert_diffusers_unet
-from bksdm.variants import classify_layout
+from bksdm.files.components import UNetWeights
+from bksdm.files.unet_config import spec_from_diffusers_config
+from bksdm.layout.addresses import teacher_addresses
+from bksdm.layout.unet_keys import convert_diffusers_unet
+from bksdm.layout.variants import classify_layout
 
 pytestmark = pytest.mark.host
 LAYOUTS = ["v1_bk_base", "v1_bk_small", "v1_bk_tiny", "v2-base-512_bk_tiny"]

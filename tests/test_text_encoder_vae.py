@@ -5,9 +5,9 @@ import torch
 from factories import TEXT_ENCODER_CONFIGS, random_text_encoder, random_vae, text_encoder_state_dict
 
 from bksdm.errors import WeightsMismatchError
-from bksdm.text_encoder import normalize_text_encoder
-from bksdm.unet_spec import FAMILIES
-from bksdm.vae import check_vae, vae_tensors
+from bksdm.files.text_encoder import normalize_text_encoder
+from bksdm.files.vae import check_vae, vae_tensors
+from bksdm.layout.unet_spec import FAMILIES
 
 TOLERANCE = 1e-4
 PROMPT = "a watercolor painting of a lighthouse on a cliff at sunset"

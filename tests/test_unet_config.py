@@ -7,10 +7,10 @@ import pytest
 from factories import BK_CONFIGS, TEACHER_CONFIGS, unet_config
 
 from bksdm.errors import BKSDMError, InvalidConfigError, UnsupportedModelError
-from bksdm.unet_config import spec_from_config_file, spec_from_diffusers_config
-from bksdm.unet_keys import parameter_count, unet_blocks
-from bksdm.unet_spec import NO_MIDDLE, spec_from_unet_config
-from bksdm.variants import LAYOUTS, VARIANTS, classify_layout
+from bksdm.files.unet_config import spec_from_config_file, spec_from_diffusers_config
+from bksdm.layout.unet_keys import parameter_count, unet_blocks
+from bksdm.layout.unet_spec import NO_MIDDLE, spec_from_unet_config
+from bksdm.layout.variants import LAYOUTS, VARIANTS, classify_layout
 
 # Facts from the BK-SDM paper / model cards (shared reference variants.md): exact U-Net sizes.
 TEACHER_PARAMS = {"sd1": 859_520_964, "sd2": 865_910_724}

@@ -7,10 +7,10 @@ import pytest
 import torch
 from factories import BK_CONFIGS, random_unet, unet_config
 
-from bksdm.components import UNetWeights
-from bksdm.unet_config import spec_from_diffusers_config
-from bksdm.unet_keys import convert_diffusers_unet
-from bksdm.variants import VARIANTS, classify_layout
+from bksdm.files.components import UNetWeights
+from bksdm.files.unet_config import spec_from_diffusers_config
+from bksdm.layout.unet_keys import convert_diffusers_unet
+from bksdm.layout.variants import VARIANTS, classify_layout
 
 TIMESTEPS = [999, 500, 20]
 TOLERANCE = 1e-4

@@ -16,8 +16,8 @@ import json
 import os
 from typing import Any
 
-from .errors import ELSEWHERE, FILE, FOLDER, InvalidConfigError, UnsupportedModelError
-from .unet_spec import FAMILIES, Family, Level, UNetSpec
+from ..errors import ELSEWHERE, FILE, FOLDER, InvalidConfigError, UnsupportedModelError
+from ..layout.unet_spec import FAMILIES, Family, Level, UNetSpec
 
 DOWN_BLOCKS = {"CrossAttnDownBlock2D": True, "DownBlock2D": False}  # type -> has attention
 UP_BLOCKS = {"CrossAttnUpBlock2D": True, "UpBlock2D": False}

@@ -8,13 +8,14 @@ adds only the missing files, and a folder the user made is never overwritten.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import os
 
-from .download_plan import COMPONENTS, REQUIRED_CONFIGS, RemoteFile, may_take, select_files
-from .errors import BKSDMError, DownloadError
-from .pipeline import HIDDEN_PREFIX, open_model_folder, weights_file
+from ..errors import BKSDMError, DownloadError
+from ..files.pipeline import HIDDEN_PREFIX, open_model_folder, weights_file
+from .plan import COMPONENTS, REQUIRED_CONFIGS, RemoteFile, may_take, select_files
 
 STAGING_PREFIX = HIDDEN_PREFIX + "bksdm-partial-"
 MARKER = HIDDEN_PREFIX + "bksdm-download.json"
@@ -58,20 +59,42 @@ def present(folder: str, marker: dict, path: str) -> bool:
     return path in marker["files"] and entry is not None and size_of(local(folder, path)) == entry["size"]
 
 
-def local_state(dest: str, repo_id: str, weights: str) -> str:
-    """'absent', 'complete', 'ours' (our download of this repo, lacking files), 'other-repo' or 'foreign'."""
+class FolderState(enum.Enum):
+    """What the destination folder holds, for one request (a repo and a choice of weights)."""
+
+    ABSENT = "absent"  # nothing, or an empty folder
+    COMPLETE = "complete"  # every file the request takes, verified; or a loadable model folder the user made
+    UNFINISHED = "unfinished"  # our download of this repo, lacking files this request takes
+    OTHER_REPO = "other repo"  # our download of another repo under the same folder name
+    FOREIGN = "foreign"  # a folder the pack did not download, with no loadable model in it
+
+
+def folder_state(dest: str, repo_id: str, weights: str) -> FolderState:
     if not os.path.lexists(dest) or (os.path.isdir(dest) and not os.listdir(dest)):
-        return "absent"
+        return FolderState.ABSENT
     marker = read_marker(dest)
     if marker is None:
-        return "complete" if _loadable(dest, weights) else "foreign"
+        return FolderState.COMPLETE if _loadable(dest, weights) else FolderState.FOREIGN
     if marker["repo_id"] != repo_id:
-        return "other-repo"
+        return FolderState.OTHER_REPO
     try:
         wanted = select_files(marker["repo_files"], weights, dest)
     except DownloadError:
-        return "ours"
-    return "complete" if all(present(dest, marker, p) for p in wanted) else "ours"
+        return FolderState.UNFINISHED
+    return FolderState.COMPLETE if all(present(dest, marker, p) for p in wanted) else FolderState.UNFINISHED
+
+
+def refuse_to_overwrite(state: FolderState, dest: str, repo_id: str) -> None:
+    """The pack never writes into a folder it did not download, nor into another repo's."""
+    if state is FolderState.OTHER_REPO:
+        other = read_marker(dest)["repo_id"]
+        raise DownloadError(path=dest, expected=f"no folder there, or one downloaded from {repo_id}",
+                            found=f"a folder downloaded from {other}",
+                            fix="rename or delete that folder, or download into another models folder")
+    if state is FolderState.FOREIGN:
+        raise DownloadError(path=dest, expected="no folder there, or a complete model folder",
+                            found="a folder this pack did not download, without a loadable model in it",
+                            fix="move it away or delete it, then download again (the pack never overwrites it)")
 
 
 def _loadable(dest: str, weights: str) -> bool:

@@ -20,7 +20,7 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .errors import InvalidFileError
+from ..errors import InvalidFileError
 
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth")

@@ -14,15 +14,15 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..errors import FILE, FOLDER, BKSDMError, WeightsMismatchError
+from ..layout.unet_keys import check_diffusers_unet, convert_diffusers_unet
+from ..layout.unet_spec import UNetSpec
+from ..layout.variants import classify_layout
 from .detect import LDM_PREFIX, detect_unet
-from .errors import FILE, FOLDER, BKSDMError, WeightsMismatchError
 from .pipeline import ModelFolder, weights_file
 from .text_encoder import normalize_text_encoder, split_checkpoint_text_encoder
 from .unet_config import spec_from_config_file
-from .unet_keys import check_diffusers_unet, convert_diffusers_unet
-from .unet_spec import UNetSpec
 from .vae import check_vae, split_checkpoint_vae
-from .variants import classify_layout
 from .weights import load_state_dict, tensor_shapes
 
 log = logging.getLogger(__name__)
@@ -49,11 +49,13 @@ def read_unet_spec(folder: ModelFolder) -> UNetSpec | None:
     return spec_from_config_file(config) if os.path.isfile(config) else None
 
 
-def load_unet(folder: ModelFolder, prefer_half: bool, dtype=None, mmap: bool = True) -> UNetWeights:
-    """The folder's U-Net, checked against its config.json (or detected without one), in ``dtype``."""
+def load_unet(folder: ModelFolder, prefer_half: bool, dtype=None, mmap: bool = True,
+              spec: UNetSpec | None = None) -> UNetWeights:
+    """The folder's U-Net, checked against its config.json (or detected without one), in ``dtype``.
+    ``spec``: what ``read_unet_spec`` already gave the caller, so that config.json is read once."""
     path = weights_file(folder, "unet", prefer_half)
     shapes = tensor_shapes(path)
-    spec = read_unet_spec(folder)
+    spec = spec or read_unet_spec(folder)
     if spec is None:
         spec, naming, _ = detect_unet(shapes, path, FOLDER)
         log.info("BK-SDM: %s has no config.json; detected %s", folder.unet_dir, spec.describe())

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import cache
 from types import MappingProxyType
 
-from .errors import UnsupportedModelError
+from ..errors import UnsupportedModelError
 from .unet_keys import Block, unet_blocks
 from .unet_spec import UNetSpec
 from .variants import classify_layout, teacher_spec

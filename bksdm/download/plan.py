@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 from huggingface_hub import constants
 
-from .errors import DownloadError, summarize
-from .pipeline import PIPELINE_INDEX, WEIGHT_STEMS
-from .variants import VARIANTS, find_variant
+from ..errors import DownloadError, summarize
+from ..files.pipeline import PIPELINE_INDEX, WEIGHT_STEMS
+from ..layout.variants import VARIANTS, find_variant
 
 WEIGHT_CHOICES = ("fp16", "fp32", "both")
 COMPONENTS = ("unet", "vae", "text_encoder")

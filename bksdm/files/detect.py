@@ -18,10 +18,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
-from .errors import ELSEWHERE, FILE, UnsupportedModelError, WeightsMismatchError
+from ..errors import ELSEWHERE, FILE, UnsupportedModelError, WeightsMismatchError
+from ..layout.unet_keys import check_tensors, unet_tensors
+from ..layout.unet_spec import NO_MIDDLE, UNetSpec, spec_from_unet_config
 from .unet_config import family_for_context_dim
-from .unet_keys import check_tensors, unet_tensors
-from .unet_spec import NO_MIDDLE, UNetSpec, spec_from_unet_config
 
 LDM_PREFIX = "model.diffusion_model."
 

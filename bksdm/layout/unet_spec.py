@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .errors import ELSEWHERE, MODEL, UnsupportedModelError
+from ..errors import ELSEWHERE, MODEL, UnsupportedModelError
 
 NO_MIDDLE = -2  # ComfyUI's transformer_depth_middle for "no middle block"
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
 
-from .errors import WeightsMismatchError, summarize
+from ..errors import WeightsMismatchError, summarize
 from .unet_spec import UNetSpec
 
 MIDDLE = ("middle", 0)  # ComfyUI's address of the middle block, also where a removed one stood

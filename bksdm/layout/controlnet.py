@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 
+from ..errors import UnsupportedModelError
 from .block_map import keeps_middle_residual, skip_alignment
-from .errors import UnsupportedModelError
 from .unet_spec import UNetSpec
 from .variants import classify_layout, teacher_spec
 

@@ -17,9 +17,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .errors import WeightsMismatchError, summarize
-from .unet_keys import check_tensors
-from .unet_spec import Family
+from ..errors import WeightsMismatchError, summarize
+from ..layout.unet_keys import check_tensors
+from ..layout.unet_spec import Family
 
 VOCAB, POSITIONS = 49408, 77
 

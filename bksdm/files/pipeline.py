@@ -16,7 +16,7 @@ import re
 import shlex
 from dataclasses import dataclass
 
-from .errors import InvalidFileError, ModelNotFoundError, UnsupportedModelError
+from ..errors import InvalidFileError, ModelNotFoundError, UnsupportedModelError
 from .unet_config import read_config
 
 log = logging.getLogger(__name__)
@@ -164,20 +164,28 @@ def weights_file(folder: ModelFolder, component: str, prefer_half: bool) -> str:
                              fix="download the model's weights into this folder (safetensors preferred)")
 
 
-def merge_shards_command(directory: str, index: str, stem: str) -> str:
-    """A shell command that writes the parts ``index`` lists as the one file the pack reads."""
+def merge_shards_command(directory: str, index: str, stem: str, windows: bool = os.name == "nt") -> str:
+    """A command that writes the parts ``index`` lists as the one file the pack reads, quoted for
+    the shell a user types it in: POSIX shells, or cmd / PowerShell on Windows (there the code is
+    one double-quoted argument, so every string in it is single-quoted)."""
+    literal = _single_quoted if windows else json.dumps
     variant = SHARD_INDEX.fullmatch(index).group(2)
     output = f"{stem}{'.' + variant if variant else ''}.safetensors"
     if ".safetensors.index." in index:
         imports = "from safetensors.torch import load_file as load, save_file"
     else:  # pickled parts: tensors only, nothing they name is run
-        imports = ('import torch; from safetensors.torch import save_file; '
-                   'load = lambda p: torch.load(p, map_location="cpu", weights_only=True)')
-    code = (f"import json, os; {imports}; d = {json.dumps(directory)}; "
-            f'parts = set(json.load(open(os.path.join(d, {json.dumps(index)})))["weight_map"].values()); '
+        imports = ("import torch; from safetensors.torch import save_file; "
+                   f"load = lambda p: torch.load(p, map_location={literal('cpu')}, weights_only=True)")
+    code = (f"import json, os; {imports}; d = {literal(directory)}; "
+            f"parts = set(json.load(open(os.path.join(d, {literal(index)})))[{literal('weight_map')}].values()); "
             f"save_file({{k: v for p in parts for k, v in load(os.path.join(d, p)).items()}}, "
-            f"os.path.join(d, {json.dumps(output)}))")
-    return f"python -c {shlex.quote(code)}"
+            f"os.path.join(d, {literal(output)}))")
+    return f'python -c "{code}"' if windows else f"python -c {shlex.quote(code)}"
+
+
+def _single_quoted(text: str) -> str:
+    """A Python string literal without a double quote in it."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def prediction_type(folder: ModelFolder) -> str:

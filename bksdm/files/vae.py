@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from .errors import WeightsMismatchError
-from .unet_keys import check_tensors
+from ..errors import WeightsMismatchError
+from ..layout.unet_keys import check_tensors
 
 CHANNELS = (128, 256, 512, 512)
 LAYERS = 2
