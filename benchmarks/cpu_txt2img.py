@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/cpu_txt2img.py                  # full: BK-Base/Small/Tiny + SD-1.4 teacher, 512²
     .venv/bin/python benchmarks/cpu_txt2img.py --models sd1-tiny --dtypes fp32,bf16   # the bf16 row and picture
+    .venv/bin/python benchmarks/cpu_txt2img.py --models sd1-tiny --frameworks comfyui --comfy-attention pack \
+        --dtypes fp32,bf16 --compile                            # TorchCompileModel against eager
     .venv/bin/python benchmarks/cpu_txt2img.py --smoke          # BK-Tiny at 64², 2 steps: the code path
 
 For each layout (random weights from the real configs, one pipeline folder each, written
@@ -21,6 +23,9 @@ sampling call over the RSS just before it (the kernel's high-water mark, reset f
 the model loaded. bf16 rows compare their image with the same cell's fp32 image (same seed
 and noise): max abs difference in 8-bit levels and PSNR; with fp32 and bf16 of one layout,
 ``side-by-side-<layout>.png`` (fp32 | bf16 | difference x8) is written beside the images.
+With ``--compile``, the pack's MODEL also goes through ComfyUI's ``TorchCompileModel``
+(inductor) in the process of its eager run, and a second table sets the compiled calls, and
+the compile itself, against the eager ones.
 The shared sampling code is ``sampling.py``; ComfyUI and diffusers draw their noise
 differently, so their images are not compared with each other.
 """
@@ -29,12 +34,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
 
 from options import COMFYUI_HELP, WORKDIR, comfyui_path, csv_list, fill_defaults, smoke_help
-from output import progress, ratio, save_json, table, write_stdout
+from output import load_line, progress, ratio, save_json, table, write_stdout
 from pipelines import LAYOUTS, ensure_pipeline, layout_list, teacher_of
 from sampling import ATTENTIONS, Budget, measure
 from workers import is_worker, run_worker, worker_main
@@ -64,6 +70,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="pack = the MODEL as the pack's loader gives it; comfyui = ComfyUI's CPU default "
                         "(default: %(default)s)")
     p.add_argument("--frameworks", default="comfyui,diffusers", help="(default: %(default)s)")
+    p.add_argument("--compile", action="store_true", help="also run the pack's MODEL through ComfyUI's "
+                   "TorchCompileModel (inductor), in the same process after its eager run, at each dtype")
+    p.add_argument("--inductor-cache", choices=("cold", "warm"), default="cold",
+                   help="cold: compile into an empty inductor cache, as a first run does; warm: torch's on-disk "
+                        "cache, which later ComfyUI sessions reuse (default: %(default)s)")
     p.add_argument("--workdir", type=Path, default=WORKDIR,
                    help="random pipeline folders, images, logs, results (default: %(default)s)")
     p.add_argument("--comfyui", help=COMFYUI_HELP)
@@ -73,6 +84,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     # what the shared sampling worker reads besides (sampling.measure)
     args.device, args.decode, args.title = "cpu", True, "BK-SDM txt2img benchmark (CPU)"
     args.dynamic_vram, args.compile_models, args.compile_batches, args.budget_s = "n/a", "", "1", math.inf
+    args.compile_dtype = "fp32"
     return args
 
 
@@ -94,6 +106,9 @@ def main(argv=None) -> int:
     args.images = str(workdir / "images" / stamp)
     layouts = layout_list(args.models)
     frameworks = csv_list(args.frameworks, ("comfyui", "diffusers"))
+    env = None  # the workers' environment: this one, with an empty inductor cache for a cold compile
+    if args.compile and args.inductor_cache == "cold":
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(workdir / "inductor-cache" / stamp)}
     cells = [("comfyui", a) for a in csv_list(args.comfy_attention, ATTENTIONS) if "comfyui" in frameworks]
     if "diffusers" in frameworks:
         cells.append(("diffusers", None))  # no attention setting: the sampling worker ignores it
@@ -106,15 +121,19 @@ def main(argv=None) -> int:
                 log(f"{name} (log: {workdir}/logs/cpu_txt2img-{stamp}-{name}.log)")
                 child = {**vars(args), "workdir": str(workdir), "models": lay.name, "dtypes": dtype,
                          "frameworks": framework, "comfy_attention": attention or ATTENTIONS[0]}
+                if args.compile and attention == "pack":  # compiled where the eager MODEL just ran
+                    child.update(compile_models=lay.name, compile_dtype=dtype, compile_batches=args.batches)
                 spec = {"action": "measure", "args": child, "comfyui": str(comfy), "folders": {lay.name: str(folder)}}
                 result = run_worker(Path(__file__), spec, workdir / "logs" / f"cpu_txt2img-{stamp}-{name}.log",
-                                    timeout=args.timeout)
+                                    timeout=args.timeout, env=env)
                 rows += result["rows"]
                 header = header or result["header"]
     compare_images(rows, Path(args.images))
+    header += load_line("at end") + "\n"
     path = workdir / "results" / f"cpu_txt2img-{stamp}.json"
     save_json(path, {"header": header, "rows": rows, "args": vars(args)})
-    write_stdout(header + "\n" + report(rows, layouts) + f"\nimages: {args.images}\nraw results: {path}\n")
+    write_stdout(header + "\n" + report(rows, layouts, args.warmup_steps, args.inductor_cache)
+                 + f"\nimages: {args.images}\nraw results: {path}\n")
     return 0
 
 
@@ -147,7 +166,7 @@ def compare_images(rows: list[dict], folder: Path) -> None:
 
 # --------------------------------------------------------------------------- report
 
-def report(rows: list[dict], layouts) -> str:
+def report(rows: list[dict], layouts, warmup_steps: int, inductor_cache: str) -> str:
     def find(model, dtype, framework, attention, batch):
         return next((r for r in rows if (r["model"], r["dtype"], r["framework"], r.get("attention_setting"),
                                          r["batch"]) == (model, dtype, framework, attention, batch)), None)
@@ -157,6 +176,8 @@ def report(rows: list[dict], layouts) -> str:
 
     out = []
     for r in rows:
+        if r["framework"] == "ComfyUI+compile":
+            continue  # their own table, below
         setting = r.get("attention_setting")
         teacher = teacher_of(LAYOUTS[r["model"]], layouts)
         same_in_teacher = teacher and find(teacher.name, r["dtype"], r["framework"], setting, r["batch"])
@@ -177,7 +198,35 @@ def report(rows: list[dict], layouts) -> str:
         "\n- s/image: (sampling + VAE decode) / images; x diffusers and x ComfyUI default < 1: this row is faster. "
         "Speed-up vs teacher: the same-family teacher's s/image over this row's, same framework and attention "
         "(needs the teacher in --models).\n- image vs fp32: this row's image against the fp32 row's of the same "
-        "framework and seed, in 8-bit levels (0-255) and PSNR.\n")
+        "framework and seed, in 8-bit levels (0-255) and PSNR.\n"
+    ) + compile_report(rows, find, per_image, warmup_steps, inductor_cache)
+
+
+def compile_report(rows: list[dict], find, per_image, warmup_steps: int, inductor_cache: str) -> str:
+    """The compiled MODEL against the same eager one: per image, and with the compile paid by the first image."""
+    out = []
+    for r in rows:
+        if r["framework"] != "ComfyUI+compile":
+            continue
+        eager = find(r["model"], r["dtype"], "ComfyUI", "pack", r["batch"])
+        if "error" in r or eager is None:
+            out.append([r["model"], r["dtype"], r["batch"], r.get("error", "no eager row"), *[None] * 4])
+            continue
+        # the warm-up call compiles and runs warmup_steps steps, at the compiled speed
+        compile_s = r["warmup_s"] - warmup_steps / r["its"]
+        saved = per_image(eager) - per_image(r)
+        out.append([r["model"], r["dtype"], r["batch"], per_image(eager), per_image(r),
+                    ratio(per_image(r), per_image(eager)), compile_s,
+                    ratio(compile_s / r["batch"] + per_image(r), per_image(eager)),
+                    compile_s / (saved * r["batch"]) if saved > 0 else "never"])
+    if not out:
+        return ""
+    return "\n### TorchCompileModel (CPU)\n\n" + table(
+        ["layout", "weights", "images", "eager s/image", "compiled s/image", "x eager", "compile s",
+         "first call with compile x eager", "calls to repay the compile"], out) + (
+        "\n- compile s: the compiled warm-up call less its steps at the compiled speed (inductor cache: "
+        f"{inductor_cache}). First call with "
+        "compile: (compile + one call's sampling and decode) over the eager call's.\n")
 
 
 if __name__ == "__main__":

@@ -94,6 +94,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.device = "cpu" if args.smoke else "cuda"
     args.title = "BK-SDM sampling benchmark (--smoke, CPU)" if args.smoke else "BK-SDM sampling benchmark (GPU)"
     args.comfy_attention, args.decode, args.images, args.force_bf16_compute = "pack", False, None, False
+    args.compile_dtype = "fp16"
     return args
 
 

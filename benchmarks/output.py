@@ -65,6 +65,25 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# The CPU features that decide bf16's speed (nodes/cpu.py reads the same through torch).
+BF16_FEATURES = ("avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def cpu_features() -> str:
+    """Which of BF16_FEATURES the CPU reports (Linux's /proc/cpuinfo; elsewhere not known)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return "not known on this system"
+    return ", ".join(f"{name} {'yes' if name in flags else 'no'}" for name in BF16_FEATURES)
+
+
+def load_line(when: str) -> str:
+    load1, load5, _ = os.getloadavg()
+    return f"- load average {when}: {load1:.2f} (1 min), {load5:.2f} (5 min) — other work on the machine skews timings"
+
+
 def comfyui_version(path: Path) -> str:
     from cli.provision_comfyui import comfyui_version as declared_version
 
@@ -104,7 +123,6 @@ def machine_header(title: str, comfy_path: Path | None, extra: dict[str, str] | 
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count()
-    load1, load5, _ = os.getloadavg()
     pack = git_describe(REPO) or recorded_commit(REPO / ".bench-device" / "pack-commit") or "not a git checkout"
     lines = [
         f"## {title}",
@@ -112,7 +130,8 @@ def machine_header(title: str, comfy_path: Path | None, extra: dict[str, str] | 
         f"- date: {now.isoformat(timespec='seconds')}",
         f"- machine: {platform.node()}, {cpu_model()}, {cores} usable cores, "
         f"{psutil.virtual_memory().total / 2**30:.1f} GiB RAM, {platform.system()} {platform.release()}",
-        f"- load average at start: {load1:.2f} (1 min), {load5:.2f} (5 min) — other work on the machine skews timings",
+        f"- CPU features: {cpu_features()}",
+        load_line("at start"),
         f"- python {platform.python_version()}; "
         + ", ".join(f"{k} {v}" for k, v in versions(packages).items()),
         f"- ComfyUI: {comfyui_version(comfy_path) if comfy_path else 'not used'}"

@@ -298,8 +298,8 @@ def measure(args, comfy: Path, folders: dict[str, Path], budget: Budget, log: Ca
                            f"~{compile_estimate:.0f} s)")
             continue
         start = time.monotonic()
-        log(f"{lay.name} fp16 through TorchCompileModel")
-        compiled = bench.comfyui(lay, "fp16", compile_batches, attentions[:1], compile_=True)
+        log(f"{lay.name} {args.compile_dtype} through TorchCompileModel")
+        compiled = bench.comfyui(lay, args.compile_dtype, compile_batches, attentions[:1], compile_=True)
         rows += compiled
         if any("error" in r for r in compiled):
             skipped += [f"{other.name} TorchCompileModel (it failed on {lay.name})"

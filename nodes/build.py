@@ -26,7 +26,7 @@ from ..bksdm.errors import UnsupportedModelError
 from ..bksdm.files.components import UNetWeights
 from ..bksdm.layout.unet_keys import parameter_count
 from ..bksdm.layout.unet_spec import FAMILIES, UNetSpec, spec_from_unet_config
-from .cpu import compute_in_bf16, prefer_sdpa
+from .cpu import compute_in_bf16, default_on_this_machine, prefer_sdpa
 
 MODEL_CLASSES = {"sd1": comfy.supported_models.SD15, "sd2": comfy.supported_models.SD20}
 MODEL_TYPES = {"epsilon": comfy.model_base.ModelType.EPS, "v_prediction": comfy.model_base.ModelType.V_PREDICTION}
@@ -45,13 +45,14 @@ HALF_FILE_DTYPES = (torch.float16, torch.float8_e4m3fn, torch.float8_e5m2)  # th
 
 
 def unet_dtype(weight_dtype: str, spec: UNetSpec) -> torch.dtype:
-    """The dtype the U-Net will be stored in: the user's choice, or ComfyUI's for this device."""
+    """The dtype the U-Net will be stored in: the user's choice, or ComfyUI's for this device
+    (bf16 for fp32 on a CPU that computes bf16 natively: ``cpu.default_unet_dtype``)."""
     chosen = WEIGHT_DTYPES[weight_dtype]
     if chosen is not None:
         return chosen
     supported = MODEL_CLASSES[spec.family.name].supported_inference_dtypes
-    return comfy.model_management.unet_dtype(model_params=parameter_count(spec),
-                                             supported_dtypes=supported)
+    return default_on_this_machine(comfy.model_management.unet_dtype(model_params=parameter_count(spec),
+                                                                      supported_dtypes=supported))
 
 
 def prefers_half_files(dtype: torch.dtype | None) -> bool:

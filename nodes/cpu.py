@@ -1,17 +1,20 @@
-"""How a BK-SDM MODEL computes on the CPU: its attention kernel and, when asked for, bf16.
+"""How a BK-SDM MODEL computes on the CPU: its attention kernel and its precision.
 
 Attention: PyTorch's scaled-dot-product attention. ComfyUI's CPU default is sub-quadratic
-attention, chosen to save memory; measured on a 2-core VM (ComfyUI 0.33, batch 2), it made
-a 512² U-Net step 1.55-1.97x diffusers' time, and a BK-Tiny step at 1024² took 8.9 GB of
-memory over the loaded model where SDPA took 1.2 GB. The pack sets SDPA on its own MODEL
-only, through ComfyUI's per-model attention override, and never where the user chose an
-attention on ComfyUI's command line or where the model runs on a GPU (ComfyUI's choice
-there is already the fast one).
+attention, chosen to save memory; on a BK-SDM MODEL it is slower than SDPA and, at large
+sizes, takes far more memory (BENCHMARKS.md). The pack sets SDPA on its own MODEL only,
+through ComfyUI's per-model attention override, and never where the user chose an attention
+on ComfyUI's command line or where the model runs on a GPU (ComfyUI's choice there is
+already the fast one).
 
 bf16: ComfyUI stores a MODEL in bf16 on the CPU when asked to, but computes every layer in
 fp32, casting the weights back each time (slower than fp32 itself). Where the CPU has
 native bf16 arithmetic (AVX512-BF16 or AMX), the pack sets the MODEL's compute dtype to
-bf16 (ComfyUI's per-model cast setting), so the choice buys the time it promises.
+bf16 (ComfyUI's per-model cast setting), so the choice buys the time it promises. There,
+bf16 is also the U-Net's default: ComfyUI keeps every CPU model in fp32 because bf16 is slow
+on CPUs without native bf16 (``should_use_bf16``); on these it is the fast choice, and its
+images stay within the fidelity the README states. ComfyUI's precision flags and the loader's explicit choices
+stand; the text encoder and VAE keep ComfyUI's dtype.
 """
 
 from __future__ import annotations
@@ -58,6 +61,27 @@ def cpu_has_native_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
+def precision_flags_given() -> list[str]:
+    """ComfyUI's flags that fix the diffusion model's precision (``--force-fp32``, ``--bf16-unet``, …)."""
+    chosen = vars(comfy.cli_args.args)
+    return sorted(f"--{name.replace('_', '-')}" for name, value in chosen.items()
+                  if value is True and (name in ("force_fp32", "force_fp16") or name.endswith("_unet")))
+
+
+def default_unet_dtype(comfy_choice: torch.dtype, on_cpu: bool, native_bf16: bool, flags: list[str]) -> torch.dtype:
+    """The U-Net's dtype for ``weight_dtype = default``: ComfyUI's choice, except bf16 for fp32 on
+    a CPU with native bf16 when no precision flag was given."""
+    if on_cpu and native_bf16 and comfy_choice == torch.float32 and not flags:
+        return torch.bfloat16
+    return comfy_choice
+
+
+def default_on_this_machine(comfy_choice: torch.dtype) -> torch.dtype:
+    """``default_unet_dtype`` for the device ComfyUI loads models on, with this CPU and these flags."""
+    on_cpu = comfy.model_management.is_device_cpu(comfy.model_management.get_torch_device())
+    return default_unet_dtype(comfy_choice, on_cpu, on_cpu and cpu_has_native_bf16(), precision_flags_given())
+
+
 def compute_in_bf16(patcher, stored_dtype: torch.dtype) -> bool:
     """Compute a bf16-stored CPU MODEL in bf16 where the CPU does that natively; True if it does."""
     if stored_dtype != torch.bfloat16 or not comfy.model_management.is_device_cpu(patcher.load_device):
@@ -66,5 +90,6 @@ def compute_in_bf16(patcher, stored_dtype: torch.dtype) -> bool:
         log.info("BK-SDM: this CPU has no native bf16 (AVX512-BF16/AMX): ComfyUI computes the bf16 weights in fp32")
         return False
     patcher.set_model_compute_dtype(torch.bfloat16)
-    log.info("BK-SDM: computing in bf16 on this CPU (AVX512-BF16/AMX); fp32 is the exact choice")
+    log.info("BK-SDM: computing in bf16 on this CPU (AVX512-BF16/AMX); for fp32, the exact choice, set weight_dtype "
+             "fp32 or start ComfyUI with --fp32-unet")
     return True

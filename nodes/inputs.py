@@ -15,8 +15,9 @@ from ..bksdm.files import pipeline
 from .build import WEIGHT_DTYPES
 
 PREDICTIONS = ("auto", "epsilon", "v_prediction")
-DTYPE_TIP = ("Precision the U-Net weights are stored in. 'default' lets ComfyUI choose for your GPU; the fp16 "
-             "files of the folder are read when the choice is fp16 or fp8. fp8 saves memory at some quality cost.")
+DTYPE_TIP = ("Precision the U-Net weights are stored in. 'default' lets ComfyUI choose for your GPU, and on a CPU "
+             "with native bf16 (AVX512-BF16 or AMX) computes in bf16; fp32 is exact. The fp16 files of the folder "
+             "are read when the choice is fp16 or fp8. fp8 saves memory at some quality cost.")
 PREDICTION_TIP = ("What the U-Net predicts. 'auto' reads the model's scheduler config (the released BK-SDM models "
                   "predict noise, 'epsilon'); choose 'v_prediction' for v-prediction conversions.")
 

@@ -27,13 +27,16 @@ import thirdparty as thirdparty_packs  # noqa: E402  (imports cli)
 from cli import comfy_host  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-# CPU and an fp32 text encoder, as a parity test against the fp32 reference needs; images
-# go to (and inputs come from) temporary folders, not the checkout's output/ and input/.
+# CPU, an fp32 text encoder and an fp32 U-Net, as a parity test against the fp32 reference
+# needs (--fp32-unet also keeps the pack's bf16 default off on CPUs that compute bf16; the tests
+# of that default clear it); images go to (and inputs come from) temporary folders, not the
+# checkout's output/ and input/.
 OUTPUT_DIR = tempfile.mkdtemp(prefix="bksdm-tests-output-")
 INPUT_DIR = tempfile.mkdtemp(prefix="bksdm-tests-input-")
 for folder in (OUTPUT_DIR, INPUT_DIR):
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
-COMFY_ARGS = ["--cpu", "--fp32-text-enc", "--output-directory", OUTPUT_DIR, "--input-directory", INPUT_DIR]
+PRECISION_ARGS = ["--fp32-text-enc", "--fp32-unet"]
+COMFY_ARGS = ["--cpu", *PRECISION_ARGS, "--output-directory", OUTPUT_DIR, "--input-directory", INPUT_DIR]
 
 HOST_PATH = comfy_host.find_comfyui()
 if HOST_PATH is not None:
@@ -173,7 +176,7 @@ def comfy_server(host, diffusers_root, tmp_path_factory):
     server = subprocess.Popen(
         [sys.executable, str(HOST_PATH / "main.py"), "--listen", "127.0.0.1", "--port", str(port),
          "--base-directory", str(base), "--database-url", "sqlite:///:memory:", "--disable-auto-launch",
-         *COMFY_ARGS[:2]], cwd=HOST_PATH, stdout=log, stderr=subprocess.STDOUT)
+         "--cpu", *PRECISION_ARGS], cwd=HOST_PATH, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 180
         while True:

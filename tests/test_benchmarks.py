@@ -108,3 +108,15 @@ def test_cpu_txt2img_benchmark_smoke_times_whole_images_per_attention_setting(sa
     assert side_by_side.is_file()
     assert re.search(r"^\| sd1-tiny +\| fp32 \(computed in float32\) +\| 1 +\| diffusers \(", diffusers_run.stdout,
                      re.M), diffusers_run.stdout
+
+
+def test_cpu_txt2img_benchmark_smoke_compares_the_compiled_model_with_the_eager_one(sampling_workdir):
+    run = run_smoke("cpu_txt2img.py", "--workdir", str(sampling_workdir), "--frameworks", "comfyui",
+                    "--comfy-attention", "pack", "--compile")
+    rows = json.loads(raw_results(run).read_text())["rows"]
+    assert [(r["framework"], r["dtype"]) for r in rows] == [("ComfyUI", "fp32"), ("ComfyUI+compile", "fp32")]
+    compiled = rows[1]
+    assert "error" not in compiled, compiled.get("error")
+    assert compiled["finite"] and compiled["warmup_s"] > 0 and Path(compiled["image"]).is_file()
+    assert re.search(r"^\| sd1-tiny +\| fp32 +\| 1 +\| [0-9.]+ +\| [0-9.]+ +\| [0-9.]+ +\| [0-9.-]+ +\| [0-9.]+ +\| "
+                     r"([0-9.]+|never) +\|$", run.stdout.split("### TorchCompileModel (CPU)")[1], re.M), run.stdout

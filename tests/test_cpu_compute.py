@@ -118,3 +118,51 @@ def test_bf16_choice_computes_in_bf16_where_the_cpu_has_it(host, sd1_pipeline, s
             hook.remove()
     native = pack_import.pack_module("nodes.cpu").cpu_has_native_bf16()
     assert seen == dict.fromkeys(("conv", "linear"), torch.bfloat16 if native else torch.float32)
+
+
+# --- the default precision: bf16 where the CPU computes it natively, else ComfyUI's ------------
+
+
+@pytest.mark.parametrize(("comfy_choice", "on_cpu", "native", "flags", "expected"), [
+    (torch.float32, True, True, [], torch.bfloat16),  # AVX512-BF16/AMX: the fast faithful choice
+    (torch.float32, True, False, [], torch.float32),  # no native bf16: bf16 would be slower than fp32
+    (torch.float32, True, True, ["--force-fp32"], torch.float32),  # ComfyUI's flags always win
+    (torch.float32, True, True, ["--fp32-unet"], torch.float32),
+    (torch.float16, True, True, ["--fp16-unet"], torch.float16),
+    (torch.float16, False, True, [], torch.float16),  # a GPU keeps ComfyUI's choice
+    (torch.float32, False, True, [], torch.float32),
+])
+def test_the_default_precision_follows_the_cpu(host, comfy_choice, on_cpu, native, flags, expected):
+    cpu = pack_import.pack_module("nodes.cpu")
+    assert cpu.default_unet_dtype(comfy_choice, on_cpu, native, flags) == expected
+
+
+def test_every_precision_flag_of_this_release_counts_as_a_choice(host, monkeypatch):
+    import comfy.cli_args
+
+    cpu = pack_import.pack_module("nodes.cpu")
+    assert cpu.precision_flags_given() == ["--fp32-unet"]  # the test host's
+    monkeypatch.setattr(comfy.cli_args.args, "fp32_unet", False)
+    assert cpu.precision_flags_given() == []
+    names = [n for n in vars(comfy.cli_args.args) if n in ("force_fp32", "force_fp16") or n.endswith("_unet")]
+    assert {"force_fp32", "fp32_unet", "bf16_unet", "fp16_unet", "fp8_e4m3fn_unet"} <= set(names)
+    for name in names:
+        monkeypatch.setattr(comfy.cli_args.args, name, True)
+        assert cpu.precision_flags_given() == [f"--{name.replace('_', '-')}"]
+        monkeypatch.setattr(comfy.cli_args.args, name, False)
+
+
+def test_the_default_on_this_cpu_and_a_flag_that_overrules_it(host, sd1_pipeline, monkeypatch):
+    """weight_dtype default: bf16 on a CPU with native bf16, fp32 on one without; --fp32-unet
+    keeps fp32 on either; fp32 chosen in the loader is fp32."""
+    import comfy.cli_args
+
+    native = pack_import.pack_module("nodes.cpu").cpu_has_native_bf16()
+    monkeypatch.setattr(comfy.cli_args.args, "fp32_unet", False)  # the test host runs --fp32-unet
+    model, _ = load(host, sd1_pipeline, weight_dtype="default")
+    assert model.model.diffusion_model.input_blocks[0][0].weight.dtype == (torch.bfloat16 if native else torch.float32)
+    model, _ = load(host, sd1_pipeline, weight_dtype="fp32")
+    assert model.model.diffusion_model.input_blocks[0][0].weight.dtype == torch.float32
+    monkeypatch.setattr(comfy.cli_args.args, "fp32_unet", True)
+    model, _ = load(host, sd1_pipeline, weight_dtype="default")
+    assert model.model.diffusion_model.input_blocks[0][0].weight.dtype == torch.float32

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import PRECISION_ARGS
 from PIL import Image
 
 from cli import txt2img
@@ -85,7 +86,7 @@ def test_main_job_command_runs_comfyuis_own_startup(sd1_pipeline, host, tmp_path
             "--model", os.path.relpath(sd1_pipeline.path, caller), "-o", "command.png", "--seed", str(SEED),
             "--steps", str(STEPS), "--cfg", str(CFG), "--sampler", "euler", "--scheduler", "normal",
             "--width", str(SIZE), "--height", str(SIZE), "--comfyui", str(host.path),
-            "--comfy-arg=--fp32-text-enc"]
+            *(f"--comfy-arg={flag}" for flag in PRECISION_ARGS)]
     run = subprocess.run(args, cwd=caller, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     output = caller / "command.png"
@@ -93,6 +94,32 @@ def test_main_job_command_runs_comfyuis_own_startup(sd1_pipeline, host, tmp_path
     assert sum(line.endswith(f"wrote {output} ({output.stat().st_size} bytes)")  # absolute, logged once
                for line in (run.stderr + run.stdout).splitlines()) == 1
     assert np.array_equal(np.asarray(Image.open(output).convert("RGB")), in_process)
+
+
+def psnr(image: np.ndarray, reference: np.ndarray) -> float:
+    mse = np.mean((image.astype(float) - reference.astype(float)) ** 2)
+    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def test_main_command_defaults_to_bf16_only_where_the_cpu_computes_it(sd1_pipeline, host, tmp_path):
+    """With no precision flag, the main command's U-Net computes in bf16 on a CPU with
+    AVX512-BF16 or AMX, and its image stays within 40 dB PSNR of the fp32 one (the issue's
+    bar for "faithful"); on a CPU without them it is the fp32 image itself."""
+    fp32 = run_main_job(host, sd1_pipeline.path, tmp_path / "fp32.png")  # the host runs --fp32-unet
+    output = tmp_path / "default.png"
+    args = [sys.executable, str(REPO), "txt2img", PROMPT, "--negative", NEGATIVE, "--model", str(sd1_pipeline.path),
+            "-o", str(output), "--seed", str(SEED), "--steps", str(STEPS), "--cfg", str(CFG), "--sampler", "euler",
+            "--scheduler", "normal", "--width", str(SIZE), "--height", str(SIZE), "--comfyui", str(host.path),
+            "--comfy-arg=--fp32-text-enc"]
+    run = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    image = np.asarray(Image.open(output).convert("RGB"))
+    if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
+        assert "BK-SDM: computing in bf16 on this CPU" in run.stderr + run.stdout
+        assert not np.array_equal(image, fp32)
+        assert psnr(image, fp32) >= 40.0, f"{psnr(image, fp32):.1f} dB"
+    else:
+        assert np.array_equal(image, fp32)
 
 
 def test_headless_host_builds_the_executor_this_release_takes(host):
