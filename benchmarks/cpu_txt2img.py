@@ -210,7 +210,7 @@ def compile_report(rows: list[dict], find, per_image, warmup_steps: int, inducto
             continue
         eager = find(r["model"], r["dtype"], "ComfyUI", "pack", r["batch"])
         if "error" in r or eager is None:
-            out.append([r["model"], r["dtype"], r["batch"], r.get("error", "no eager row"), *[None] * 4])
+            out.append([r["model"], r["dtype"], r["batch"], r.get("error", "no eager row"), *[None] * 5])
             continue
         # the warm-up call compiles and runs warmup_steps steps, at the compiled speed
         compile_s = r["warmup_s"] - warmup_steps / r["its"]
