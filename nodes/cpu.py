@@ -13,8 +13,8 @@ native bf16 arithmetic (AVX512-BF16 or AMX), the pack sets the MODEL's compute d
 bf16 (ComfyUI's per-model cast setting), so the choice buys the time it promises. There,
 bf16 is also the U-Net's default: ComfyUI keeps every CPU model in fp32 because bf16 is slow
 on CPUs without native bf16 (``should_use_bf16``); on these it is the fast choice, and its
-images stay within the fidelity the README states. ComfyUI's precision flags and the loader's explicit choices
-stand; the text encoder and VAE keep ComfyUI's dtype.
+images stay within the fidelity the README states. ComfyUI's precision flags and the
+loader's explicit choices stand; the text encoder and VAE keep ComfyUI's dtype.
 """
 
 from __future__ import annotations
@@ -29,11 +29,15 @@ import torch
 log = logging.getLogger(__name__)
 
 
+def flags_given(counts) -> list[str]:
+    """ComfyUI's switches set on its command line whose option name ``counts`` (whatever this release has)."""
+    return sorted(f"--{name.replace('_', '-')}" for name, value in vars(comfy.cli_args.args).items()
+                  if value is True and counts(name))
+
+
 def attention_flags_given() -> list[str]:
-    """ComfyUI's attention flags set on its command line (``--use-*-attention``, whatever this release has)."""
-    chosen = vars(comfy.cli_args.args)
-    return sorted(f"--{name.replace('_', '-')}" for name, value in chosen.items()
-                  if name.startswith("use_") and name.endswith("_attention") and value)
+    """ComfyUI's attention flags set on its command line (``--use-*-attention``)."""
+    return flags_given(lambda name: name.startswith("use_") and name.endswith("_attention"))
 
 
 def prefer_sdpa(patcher) -> bool:
@@ -63,9 +67,7 @@ def cpu_has_native_bf16() -> bool:
 
 def precision_flags_given() -> list[str]:
     """ComfyUI's flags that fix the diffusion model's precision (``--force-fp32``, ``--bf16-unet``, …)."""
-    chosen = vars(comfy.cli_args.args)
-    return sorted(f"--{name.replace('_', '-')}" for name, value in chosen.items()
-                  if value is True and (name in ("force_fp32", "force_fp16") or name.endswith("_unet")))
+    return flags_given(lambda name: name in ("force_fp32", "force_fp16") or name.endswith("_unet"))
 
 
 def default_unet_dtype(comfy_choice: torch.dtype, on_cpu: bool, native_bf16: bool, flags: list[str]) -> torch.dtype:

@@ -20,6 +20,7 @@ import torch
 from conftest import PRECISION_ARGS
 from PIL import Image
 
+import pack_import
 from cli import txt2img
 
 pytestmark = pytest.mark.host
@@ -30,11 +31,15 @@ NEGATIVE = "blurry, low quality"
 SEED, STEPS, CFG, SIZE = 7, 4, 7.0, 128
 
 
-def run_main_job(host, folder, output):
-    args = [PROMPT, "--negative", NEGATIVE, "--model", str(folder), "-o", str(output), "--seed", str(SEED),
+def scene_args(model, output) -> list[str]:
+    """The main command's arguments for this module's scene, after ``txt2img``."""
+    return [PROMPT, "--negative", NEGATIVE, "--model", str(model), "-o", str(output), "--seed", str(SEED),
             "--steps", str(STEPS), "--cfg", str(CFG), "--sampler", "euler", "--scheduler", "normal",
-            "--width", str(SIZE), "--height", str(SIZE), "--comfyui", str(host.path)]
-    assert txt2img.main(args) == 0
+            "--width", str(SIZE), "--height", str(SIZE)]
+
+
+def run_main_job(host, folder, output):
+    assert txt2img.main([*scene_args(folder, output), "--comfyui", str(host.path)]) == 0
     return np.asarray(Image.open(output).convert("RGB"))
 
 
@@ -82,11 +87,9 @@ def test_main_job_command_runs_comfyuis_own_startup(sd1_pipeline, host, tmp_path
     in_process = run_main_job(host, sd1_pipeline.path, tmp_path / "in-process.png")
     caller = tmp_path / "caller"
     caller.mkdir()
-    args = [sys.executable, str(REPO), "txt2img", PROMPT, "--negative", NEGATIVE,
-            "--model", os.path.relpath(sd1_pipeline.path, caller), "-o", "command.png", "--seed", str(SEED),
-            "--steps", str(STEPS), "--cfg", str(CFG), "--sampler", "euler", "--scheduler", "normal",
-            "--width", str(SIZE), "--height", str(SIZE), "--comfyui", str(host.path),
-            *(f"--comfy-arg={flag}" for flag in PRECISION_ARGS)]
+    typed_model = os.path.relpath(sd1_pipeline.path, caller)
+    args = [sys.executable, str(REPO), "txt2img", *scene_args(typed_model, "command.png"),
+            "--comfyui", str(host.path), *(f"--comfy-arg={flag}" for flag in PRECISION_ARGS)]
     run = subprocess.run(args, cwd=caller, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     output = caller / "command.png"
@@ -107,14 +110,12 @@ def test_main_command_defaults_to_bf16_only_where_the_cpu_computes_it(sd1_pipeli
     bar for "faithful"); on a CPU without them it is the fp32 image itself."""
     fp32 = run_main_job(host, sd1_pipeline.path, tmp_path / "fp32.png")  # the host runs --fp32-unet
     output = tmp_path / "default.png"
-    args = [sys.executable, str(REPO), "txt2img", PROMPT, "--negative", NEGATIVE, "--model", str(sd1_pipeline.path),
-            "-o", str(output), "--seed", str(SEED), "--steps", str(STEPS), "--cfg", str(CFG), "--sampler", "euler",
-            "--scheduler", "normal", "--width", str(SIZE), "--height", str(SIZE), "--comfyui", str(host.path),
+    args = [sys.executable, str(REPO), "txt2img", *scene_args(sd1_pipeline.path, output), "--comfyui", str(host.path),
             "--comfy-arg=--fp32-text-enc"]
     run = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     image = np.asarray(Image.open(output).convert("RGB"))
-    if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
+    if pack_import.pack_module("nodes.cpu").cpu_has_native_bf16():
         assert "BK-SDM: computing in bf16 on this CPU" in run.stderr + run.stdout
         assert not np.array_equal(image, fp32)
         assert psnr(image, fp32) >= 40.0, f"{psnr(image, fp32):.1f} dB"
