@@ -84,7 +84,7 @@ class HubRepo:
         return DownloadError(path=self.dest, expected=f"a connection to {self.endpoint} to download {self.repo_id}",
                              found=found, fix=manual_steps(self.repo_id, self.dest, self.weights, self.endpoint))
 
-    def list(self) -> Listing:
+    def listing(self) -> Listing:
         api = HfApi(endpoint=self.endpoint, token=self.token)
         try:
             info = api.model_info(self.repo_id, files_metadata=True, timeout=LISTING_TIMEOUT_S)

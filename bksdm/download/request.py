@@ -83,25 +83,24 @@ class _Request:
 
     def __init__(self, repo: HubRepo, callback: ProgressCallback | None):
         self.repo, self.callback = repo, callback
-        self.dest, self.staging = repo.dest, repo.staging
 
     def run(self) -> str:
         repo = self.repo
-        state = folder_state(self.dest, repo.repo_id, repo.weights)
+        state = folder_state(repo.dest, repo.repo_id, repo.weights)
         if state is FolderState.COMPLETE:
-            log.info("BK-SDM: %s is already in %s", repo.repo_id, self.dest)
-            return self.dest
-        refuse_to_overwrite(state, self.dest, repo.repo_id)
+            log.info("BK-SDM: %s is already in %s", repo.repo_id, repo.dest)
+            return repo.dest
+        refuse_to_overwrite(state, repo.dest, repo.repo_id)
         if offline():
             raise repo.manual_error("offline mode (HF_HUB_OFFLINE is set)")
-        listing = repo.list()
+        listing = repo.listing()
         wanted = self._wanted(listing, state)
         marker = self._prepare_staging(listing)
         staged = sum(listing.files[p].size if p in marker["files"] else self._partial_size(listing.files[p])
                      for p in wanted)
         self.progress = Progress(self.callback, sum(listing.files[p].size for p in wanted), staged)
         log.info("BK-SDM: downloading %s (%s weights, %d files, %.1f MB, %.1f MB of them already here) into %s",
-                 repo.repo_id, repo.weights, len(wanted), self.progress.total / 1e6, staged / 1e6, self.dest)
+                 repo.repo_id, repo.weights, len(wanted), self.progress.total / 1e6, staged / 1e6, repo.dest)
         with _callers_error():
             self.progress.report()
             for path in wanted:
@@ -109,8 +108,8 @@ class _Request:
                     self._fetch(listing.files[path], listing.revision, marker)
             self.progress.report()
         self._finish(marker, wanted, state)
-        log.info("BK-SDM: %s is ready in %s", repo.repo_id, self.dest)
-        return self.dest
+        log.info("BK-SDM: %s is ready in %s", repo.repo_id, repo.dest)
+        return repo.dest
 
     def _wanted(self, listing: Listing, state: FolderState) -> list[str]:
         """The repo paths this request fetches, the pipeline index last: until it arrives, not even
@@ -119,29 +118,29 @@ class _Request:
         if self.repo.weights == "fp32" and any(".fp16." in p for p in wanted):
             log.warning("BK-SDM: %s lacks some full-precision weights; taking fp16 files for them", self.repo.repo_id)
         if state is FolderState.UNFINISHED:  # our earlier download of this repo, now asked for more files
-            done = read_marker(self.dest)
+            done = read_marker(self.repo.dest)
             wanted = [p for p in wanted
-                      if not (present(self.dest, done, p) and done["repo_files"][p] == asdict(listing.files[p]))]
+                      if not (present(self.repo.dest, done, p) and done["repo_files"][p] == asdict(listing.files[p]))]
         return sorted(wanted, key=lambda p: (p == PIPELINE_INDEX, p))
 
     def _prepare_staging(self, listing: Listing) -> dict:
         """The staging folder's marker; keeps what an earlier attempt fetched of these same files."""
-        previous = read_marker(self.staging)
+        previous = read_marker(self.repo.staging)
         if previous is not None and previous["repo_id"] != self.repo.repo_id:  # another repo, same folder name
-            shutil.rmtree(self.staging)
+            shutil.rmtree(self.repo.staging)
             previous = None
         repo_files = {p: asdict(f) for p, f in listing.files.items()}
         kept = [p for p, entry in (previous or {"repo_files": {}})["repo_files"].items()
-                if repo_files.get(p) == entry and present(self.staging, previous, p)]
-        os.makedirs(self.staging, exist_ok=True)
+                if repo_files.get(p) == entry and present(self.repo.staging, previous, p)]
+        os.makedirs(self.repo.staging, exist_ok=True)
         marker = {"repo_id": self.repo.repo_id, "revision": listing.revision, "repo_files": repo_files,
                   "files": sorted(kept)}
-        write_marker(self.staging, marker)
+        write_marker(self.repo.staging, marker)
         return marker
 
     def _partial_size(self, remote: RemoteFile) -> int:
         """Bytes of this file that huggingface_hub kept from an earlier, cut transfer."""
-        folder = os.path.join(self.staging, HUB_FOLDER, "huggingface", "download", *remote.path.split("/")[:-1])
+        folder = os.path.join(self.repo.staging, HUB_FOLDER, "huggingface", "download", *remote.path.split("/")[:-1])
         etag = (remote.sha256 or remote.blob_id or "").lower()
         try:
             partials = [os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(f".{etag}.incomplete")]
@@ -151,7 +150,7 @@ class _Request:
 
     def _fetch(self, remote: RemoteFile, revision: str, marker: dict) -> None:
         """One file into the staging folder, verified; a file that fails verification is fetched once more."""
-        target = local(self.staging, remote.path)
+        target = local(self.repo.staging, remote.path)
         for attempt in (1, 2):
             before = self.progress.done
             self.repo.fetch(remote.path, revision, again=attempt > 1, bar_class=self.progress.bar_class)
@@ -160,7 +159,7 @@ class _Request:
             problem = verify(target, remote)
             if problem is None:
                 marker["files"] = sorted({*marker["files"], remote.path})
-                write_marker(self.staging, marker)
+                write_marker(self.repo.staging, marker)
                 return
             self.progress.done -= size_of(target) or 0
             os.remove(target)
@@ -181,28 +180,28 @@ class _Request:
             self._add_to_earlier(marker, wanted)
 
     def _rename_staging(self, marker: dict) -> None:
-        shutil.rmtree(os.path.join(self.staging, HUB_FOLDER), ignore_errors=True)
+        shutil.rmtree(os.path.join(self.repo.staging, HUB_FOLDER), ignore_errors=True)
         keep = {*marker["files"], MARKER}
-        for current, _, names in os.walk(self.staging):
+        for current, _, names in os.walk(self.repo.staging):
             for name in names:  # files of what this request does not take
-                rel = os.path.relpath(os.path.join(current, name), self.staging).replace(os.sep, "/")
+                rel = os.path.relpath(os.path.join(current, name), self.repo.staging).replace(os.sep, "/")
                 if rel not in keep:
                     os.remove(os.path.join(current, name))
         try:
-            if os.path.isdir(self.dest):
-                os.rmdir(self.dest)  # empty when checked; fails if something appeared since
-            os.rename(self.staging, self.dest)
+            if os.path.isdir(self.repo.dest):
+                os.rmdir(self.repo.dest)  # empty when checked; fails if something appeared since
+            os.rename(self.repo.staging, self.repo.dest)
         except OSError as e:
-            raise DownloadError(path=self.dest, expected="no folder there, or an empty one",
+            raise DownloadError(path=self.repo.dest, expected="no folder there, or an empty one",
                                 found=f"one that changed during the download ({e})",
                                 fix="move it away and run the download again: the fetched files are kept") from None
 
     def _add_to_earlier(self, marker: dict, wanted: list[str]) -> None:
-        earlier = read_marker(self.dest)
+        earlier = read_marker(self.repo.dest)
         for path in wanted:
-            target = local(self.dest, path)
+            target = local(self.repo.dest, path)
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            os.replace(local(self.staging, path), target)  # each file swaps in whole: the folder stays loadable
+            os.replace(local(self.repo.staging, path), target)  # each file swaps in whole: the folder stays loadable
         files = [p for p in earlier["files"] if earlier["repo_files"].get(p) == marker["repo_files"].get(p)]
-        write_marker(self.dest, {**marker, "files": sorted({*files, *wanted})})
-        shutil.rmtree(self.staging, ignore_errors=True)
+        write_marker(self.repo.dest, {**marker, "files": sorted({*files, *wanted})})
+        shutil.rmtree(self.repo.staging, ignore_errors=True)
