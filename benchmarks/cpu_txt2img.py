@@ -47,6 +47,8 @@ from workers import is_worker, run_worker, worker_main
 
 FULL = {"models": "sd1-base,sd1-small,sd1-tiny,sd1-teacher", "size": 512, "steps": 20}
 SMOKE = {"models": "sd1-tiny", "size": 64, "steps": 2}
+DTYPES = ("fp32", "bf16", "default")  # default: what the loader gives (bf16 U-Net and VAE on a CPU with native bf16)
+DIFFUSERS_DTYPE = {"default": "fp32"}  # the row a default row is set against: diffusers' own default
 MIB = 2**20
 
 
@@ -56,8 +58,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--models", help=f"layouts, from {', '.join(LAYOUTS)} (default: {FULL['models']})")
     p.add_argument("--size", type=int, help=f"image width and height (default: {FULL['size']})")
     p.add_argument("--steps", type=int, help=f"sampling steps (default: {FULL['steps']})")
-    p.add_argument("--dtypes", default="fp32", help="weight dtypes, from fp32, bf16 (bf16 computes in bf16 where the "
-                   "CPU has AVX512-BF16 or AMX, nodes/cpu.py) (default: %(default)s)")
+    p.add_argument("--dtypes", default="fp32", help="weight dtypes, from fp32, bf16, default (bf16 computes in bf16 "
+                   "where the CPU has AVX512-BF16 or AMX, nodes/cpu.py; default is the loader's default, which there "
+                   "also puts the VAE in bf16, and diffusers' fp32) (default: %(default)s)")
     p.add_argument("--force-bf16-compute", action="store_true", help="compute ComfyUI's bf16 MODEL in bf16 even "
                    "where the CPU has no native bf16 (the numbers of the pack's bf16 choice; its time means nothing "
                    "there)")
@@ -115,8 +118,10 @@ def main(argv=None) -> int:
     rows, header = [], ""
     for lay in layouts:
         folder = ensure_pipeline(workdir, lay, comfy, log)
-        for dtype in csv_list(args.dtypes, ("fp32", "bf16")):
+        for dtype in csv_list(args.dtypes, DTYPES):
             for framework, attention in cells:  # a process per cell: its memory starts clean
+                if framework == "diffusers" and dtype == "default":
+                    continue  # diffusers' default is its fp32 row
                 name = f"{lay.name}-{dtype}-{framework}{'-' + attention if attention else ''}"
                 log(f"{name} (log: {workdir}/logs/cpu_txt2img-{stamp}-{name}.log)")
                 child = {**vars(args), "workdir": str(workdir), "models": lay.name, "dtypes": dtype,
@@ -172,7 +177,7 @@ def report(rows: list[dict], layouts, warmup_steps: int, inductor_cache: str) ->
                                          r["batch"]) == (model, dtype, framework, attention, batch)), None)
 
     def per_image(r):
-        return r and (r["seconds"] + r["decode_s"]) / r["batch"]
+        return r and (r["encode_s"] + r["seconds"] + r["decode_s"]) / r["batch"]
 
     out = []
     for r in rows:
@@ -181,21 +186,26 @@ def report(rows: list[dict], layouts, warmup_steps: int, inductor_cache: str) ->
         setting = r.get("attention_setting")
         teacher = teacher_of(LAYOUTS[r["model"]], layouts)
         same_in_teacher = teacher and find(teacher.name, r["dtype"], r["framework"], setting, r["batch"])
-        diffusers = find(r["model"], r["dtype"], "diffusers", None, r["batch"]) if r["framework"] != "diffusers" \
-            else None
+        ours = r["framework"] != "diffusers"
+        diffusers_dtype = DIFFUSERS_DTYPE.get(r["dtype"], r["dtype"])
+        diffusers = ours and find(r["model"], diffusers_dtype, "diffusers", None, r["batch"])
+        diffusers_fp32 = ours and find(r["model"], "fp32", "diffusers", None, r["batch"])
         default = find(r["model"], r["dtype"], r["framework"], "comfyui", r["batch"]) if setting == "pack" else None
         vs_fp32 = r.get("vs_fp32")
-        out.append([r["model"], f"{r['dtype']} (computed in {r['compute_dtype']})", r["batch"],
+        out.append([r["model"], f"{r['dtype']} (computed in {r['compute_dtype']}; VAE {r['vae_dtype']})", r["batch"],
                     f"{r['framework']} ({setting}: {r['attention']})" if setting else f"diffusers ({r['attention']})",
-                    r["seconds"], r["decode_s"], per_image(r), r["sampling_peak_rss"] / MIB,
-                    ratio(per_image(r), per_image(diffusers)), ratio(per_image(r), per_image(default)),
+                    r["encode_s"], r["seconds"], r["decode_s"], per_image(r), r["sampling_peak_rss"] / MIB,
+                    ratio(per_image(r), per_image(diffusers)), ratio(per_image(r), per_image(diffusers_fp32)),
+                    ratio(per_image(r), per_image(default)),
                     ratio(per_image(same_in_teacher), per_image(r)),
                     f"{vs_fp32['max_abs']:.0f} / {vs_fp32['psnr_db']:.1f} dB" if vs_fp32 else None])
     return "### txt2img (CPU)\n\n" + table(
-        ["layout", "weights", "images", "framework (attention)", "sampling s", "decode s", "s/image",
-         "sampling peak RSS growth MB", "x diffusers s/image", "x ComfyUI default s/image", "speed-up vs teacher",
+        ["layout", "weights", "images", "framework (attention)", "text encode s", "sampling s", "decode s", "s/image",
+         "sampling peak RSS growth MB", "x diffusers s/image", "x diffusers fp32 s/image", "x ComfyUI default s/image",
+         "speed-up vs teacher",
          "image vs fp32: max abs / PSNR"], out) + (
-        "\n- s/image: (sampling + VAE decode) / images; x diffusers and x ComfyUI default < 1: this row is faster. "
+        "\n- s/image: (text encode + sampling + VAE decode) / images; x diffusers (same dtype; diffusers' default, "
+        "fp32, for a default row), x diffusers fp32 and x ComfyUI default < 1: this row is faster. "
         "Speed-up vs teacher: the same-family teacher's s/image over this row's, same framework and attention "
         "(needs the teacher in --models).\n- image vs fp32: this row's image against the fp32 row's of the same "
         "framework and seed, in 8-bit levels (0-255) and PSNR.\n"

@@ -21,7 +21,7 @@ from pipelines import Layout, diffusers_dtype, layout_list
 PROMPT = "a photo of an astronaut riding a horse on mars, highly detailed"
 NEGATIVE = "blurry, low quality"
 SEED = 42
-DTYPES = ("fp16", "bf16", "fp32")
+DTYPES = ("fp16", "bf16", "fp32", "default")  # default: the pack loader's default; for diffusers, fp32
 # ComfyUI attention settings: the MODEL as the pack's loader gives it, or the same MODEL without
 # the pack's CPU attention choice (nodes/cpu.py), i.e. ComfyUI's own default; alike on CUDA.
 ATTENTIONS = ("pack", "comfyui")
@@ -134,8 +134,8 @@ class Bench:
             loader = nodes.NODE_CLASS_MAPPINGS["BKSDMPipelineLoader"]
             load_s, (loaded, clip, vae) = self.timed(lambda: loader.execute(
                 model_name=self.folders[layout.name].name, weight_dtype=dtype, prediction="auto").args)
-            positive = nodes.CLIPTextEncode().encode(clip, PROMPT)[0]
-            negative = nodes.CLIPTextEncode().encode(clip, NEGATIVE)[0]
+            encode_s, (positive, negative) = self.timed(lambda clip=clip: (  # bound now: deleted below
+                nodes.CLIPTextEncode().encode(clip, PROMPT)[0], nodes.CLIPTextEncode().encode(clip, NEGATIVE)[0]))
 
             def decode(samples, vae=vae):
                 return nodes.VAEDecode().decode(vae, {"samples": samples})[0]
@@ -159,6 +159,7 @@ class Bench:
 
                     row = {"model": layout.name, "dtype": dtype, "batch": batch, "framework": framework,
                            "attention_setting": attention, "load_s": load_s, "attention": model_attention(model),
+                           "encode_s": encode_s, "vae_dtype": str(vae.vae_dtype).replace("torch.", ""),
                            "compute_dtype": compute_dtype(model), "dynamic_vram": self.args.dynamic_vram,
                            "patcher": type(model).__name__}
                     try:
@@ -194,7 +195,8 @@ class Bench:
         diffusers.utils.logging.disable_progress_bar()
         transformers.utils.logging.disable_progress_bar()
 
-        torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+        torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32,
+                       "default": torch.float32}[dtype]
         kwargs = {"variant": "fp16"} if dtype == "fp16" else {}  # the files the pack reads for each dtype
 
         def load():
@@ -207,7 +209,8 @@ class Bench:
         pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
         pipe.set_progress_bar_config(disable=True)
         with torch.no_grad():
-            prompt_embeds, negative_embeds = pipe.encode_prompt(PROMPT, self.device, 1, True, NEGATIVE)
+            encode_s, (prompt_embeds, negative_embeds) = self.timed(
+                lambda pipe=pipe: pipe.encode_prompt(PROMPT, self.device, 1, True, NEGATIVE))
         processors = ",".join(sorted({type(p).__name__ for p in pipe.unet.attn_processors.values()}))
 
         def decode(latents, vae=pipe.vae):  # as the pipeline's own output_type="pil" path, to [0, 1] NHWC
@@ -224,7 +227,8 @@ class Bench:
                             generator=torch.Generator("cpu").manual_seed(SEED)).images
 
             row = {"model": layout.name, "dtype": dtype, "batch": batch, "framework": "diffusers", "load_s": load_s,
-                   "attention": processors, "compute_dtype": str(pipe.unet.dtype).replace("torch.", "")}
+                   "attention": processors, "compute_dtype": str(pipe.unet.dtype).replace("torch.", ""),
+                   "encode_s": encode_s, "vae_dtype": str(pipe.vae.dtype).replace("torch.", "")}
             measured, images = self.measure(call, pipe.unet, decode)
             row.update(measured)
             self.save_images(images, row)

@@ -30,6 +30,7 @@ from .build import (
     set_reload,
     text_encoder_dtype,
     unet_dtype,
+    vae_dtype_for,
 )
 from .inputs import embedding_directories
 from .teacher_addressing import set_teacher_addressing
@@ -89,7 +90,8 @@ def load_folder(folder: pipeline.ModelFolder, weight_dtype: str, prediction: str
                                       te_dtype, mmap=map_weight_files())
     clip = build_clip(te, embedding_directories(), clip_options)
     progress.update(1)
-    vae = build_vae(components.load_vae(folder, unet.half_files, mmap=map_weight_files()), vae_dtype)
+    vae = build_vae(components.load_vae(folder, unet.half_files, mmap=map_weight_files()),
+                    vae_dtype or vae_dtype_for(weight_dtype))
     progress.update(1)
     return model, clip, vae
 
@@ -121,7 +123,7 @@ def load_checkpoint(path: str, weight_dtype: str, prediction: str):
     progress.update(1)
     clip = build_clip(parts.text_encoder, embedding_directories())
     progress.update(1)
-    vae = build_vae(parts.vae)
+    vae = build_vae(parts.vae, vae_dtype_for(weight_dtype))
     progress.update(1)
     return model, clip, vae
 

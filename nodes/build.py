@@ -26,7 +26,7 @@ from ..bksdm.errors import UnsupportedModelError
 from ..bksdm.files.components import UNetWeights
 from ..bksdm.layout.unet_keys import parameter_count
 from ..bksdm.layout.unet_spec import FAMILIES, UNetSpec, spec_from_unet_config
-from .cpu import compute_in_bf16, default_on_this_machine, prefer_sdpa
+from .cpu import compute_in_bf16, default_on_this_machine, default_vae_dtype, prefer_sdpa, vae_channels_last_in_bf16
 
 MODEL_CLASSES = {"sd1": comfy.supported_models.SD15, "sd2": comfy.supported_models.SD20}
 MODEL_TYPES = {"epsilon": comfy.model_base.ModelType.EPS, "v_prediction": comfy.model_base.ModelType.V_PREDICTION}
@@ -53,6 +53,12 @@ def unet_dtype(weight_dtype: str, spec: UNetSpec) -> torch.dtype:
     supported = MODEL_CLASSES[spec.family.name].supported_inference_dtypes
     return default_on_this_machine(comfy.model_management.unet_dtype(model_params=parameter_count(spec),
                                                                       supported_dtypes=supported))
+
+
+def vae_dtype_for(weight_dtype: str) -> torch.dtype | None:
+    """The dtype the pack's loaders give the VAE: with ``weight_dtype = default``, bf16 on a CPU that
+    computes it natively (``cpu.default_vae_dtype``); otherwise ComfyUI's choice (None)."""
+    return default_vae_dtype() if weight_dtype == "default" else None
 
 
 def prefers_half_files(dtype: torch.dtype | None) -> bool:
@@ -143,4 +149,5 @@ def build_clip(text_encoder: dict, embedding_directory: list[str] | None = None,
 def build_vae(vae: dict, dtype: torch.dtype | None = None):
     model = comfy.sd.VAE(sd=vae, dtype=dtype)
     model.throw_exception_if_invalid()
+    vae_channels_last_in_bf16(model)
     return model

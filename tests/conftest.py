@@ -27,15 +27,15 @@ import thirdparty as thirdparty_packs  # noqa: E402  (imports cli)
 from cli import comfy_host  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-# CPU, an fp32 text encoder and an fp32 U-Net, as a parity test against the fp32 reference
-# needs (--fp32-unet also keeps the pack's bf16 default off on CPUs that compute bf16; the tests
-# of that default clear it); images go to (and inputs come from) temporary folders, not the
+# CPU, an fp32 text encoder, U-Net and VAE, as a parity test against the fp32 reference needs
+# (--fp32-unet and --fp32-vae also keep the pack's bf16 default off on CPUs that compute bf16;
+# the tests of that default clear them); images go to (and inputs come from) temporary folders, not the
 # checkout's output/ and input/.
 OUTPUT_DIR = tempfile.mkdtemp(prefix="bksdm-tests-output-")
 INPUT_DIR = tempfile.mkdtemp(prefix="bksdm-tests-input-")
 for folder in (OUTPUT_DIR, INPUT_DIR):
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
-PRECISION_ARGS = ["--fp32-text-enc", "--fp32-unet"]
+PRECISION_ARGS = ["--fp32-text-enc", "--fp32-unet", "--fp32-vae"]
 COMFY_ARGS = ["--cpu", *PRECISION_ARGS, "--output-directory", OUTPUT_DIR, "--input-directory", INPUT_DIR]
 
 HOST_PATH = comfy_host.find_comfyui()

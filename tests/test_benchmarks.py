@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import pack_import
 from cli import comfy_host
 
 pytestmark = pytest.mark.host
@@ -84,20 +85,26 @@ def test_unet_step_benchmark_smoke_computes_the_same_step_in_both_frameworks(tmp
         assert re.search(row, run.stdout, re.M), run.stdout
 
 
-def test_cpu_txt2img_benchmark_smoke_times_whole_images_per_attention_setting(sampling_workdir):
-    # ComfyUI at both attention settings in fp32 and in bf16 computed in bf16 (forced: this CPU may lack
-    # native bf16, and diffusers' emulated bf16 VAE takes minutes), then diffusers in fp32.
+def test_cpu_txt2img_benchmark_smoke_times_whole_images_per_attention_setting(sampling_workdir, host):
+    # ComfyUI at both attention settings in fp32, in bf16 computed in bf16 (forced: this CPU may lack
+    # native bf16, and diffusers' emulated bf16 VAE takes minutes) and at the loader's default, then
+    # diffusers in fp32 (its default: no row of its own).
     comfy_run = run_smoke("cpu_txt2img.py", "--workdir", str(sampling_workdir), "--frameworks", "comfyui",
-                          "--dtypes", "fp32,bf16", "--force-bf16-compute")
-    diffusers_run = run_smoke("cpu_txt2img.py", "--workdir", str(sampling_workdir), "--frameworks", "diffusers")
+                          "--dtypes", "fp32,bf16,default", "--force-bf16-compute")
+    diffusers_run = run_smoke("cpu_txt2img.py", "--workdir", str(sampling_workdir), "--frameworks", "diffusers",
+                              "--dtypes", "fp32,default")
     rows = [*json.loads(raw_results(comfy_run).read_text())["rows"],
             *json.loads(raw_results(diffusers_run).read_text())["rows"]]
     cells = {(r["framework"], r.get("attention_setting"), r["dtype"]): r for r in rows}
-    assert set(cells) == {("ComfyUI", "pack", "fp32"), ("ComfyUI", "comfyui", "fp32"), ("ComfyUI", "pack", "bf16"),
-                          ("ComfyUI", "comfyui", "bf16"), ("diffusers", None, "fp32")}
+    assert set(cells) == {("ComfyUI", attention, dtype) for attention in ("pack", "comfyui")
+                          for dtype in ("fp32", "bf16", "default")} | {("diffusers", None, "fp32")}
     for r in rows:
-        assert r["finite"] and r["seconds"] > 0 and r["decode_s"] > 0 and r["sampling_peak_rss"] >= 0
-        assert Path(r["image"]).is_file()
+        assert r["finite"] and r["encode_s"] > 0 and r["seconds"] > 0 and r["decode_s"] > 0
+        assert r["sampling_peak_rss"] >= 0 and Path(r["image"]).is_file()
+    native = "bfloat16" if pack_import.pack_module("nodes.cpu").cpu_has_native_bf16() else "float32"
+    default = cells[("ComfyUI", "pack", "default")]
+    assert (default["compute_dtype"], default["vae_dtype"]) == (native, native)
+    assert cells[("ComfyUI", "pack", "bf16")]["vae_dtype"] == "float32"  # an explicit choice: ComfyUI's VAE
     assert cells[("ComfyUI", "pack", "fp32")]["attention"] == "attention_pytorch (per model)"
     assert cells[("ComfyUI", "comfyui", "fp32")]["attention"] != "attention_pytorch (per model)"
     for attention in ("pack", "comfyui"):
@@ -106,8 +113,8 @@ def test_cpu_txt2img_benchmark_smoke_times_whole_images_per_attention_setting(sa
         assert 0 < bf16["vs_fp32"]["max_abs"] <= 255 and bf16["vs_fp32"]["psnr_db"] > 0  # the same seed, rounded
     side_by_side = Path(re.search(r"^images: (.+)$", comfy_run.stdout, re.M)[1]) / "side-by-side-sd1-tiny.png"
     assert side_by_side.is_file()
-    assert re.search(r"^\| sd1-tiny +\| fp32 \(computed in float32\) +\| 1 +\| diffusers \(", diffusers_run.stdout,
-                     re.M), diffusers_run.stdout
+    assert re.search(r"^\| sd1-tiny +\| fp32 \(computed in float32; VAE float32\) +\| 1 +\| diffusers \(",
+                     diffusers_run.stdout, re.M), diffusers_run.stdout
 
 
 def test_cpu_txt2img_benchmark_smoke_compares_the_compiled_model_with_the_eager_one(sampling_workdir):

@@ -118,6 +118,8 @@ def test_bf16_choice_computes_in_bf16_where_the_cpu_has_it(host, sd1_pipeline, s
             hook.remove()
     native = pack_import.pack_module("nodes.cpu").cpu_has_native_bf16()
     assert seen == dict.fromkeys(("conv", "linear"), torch.bfloat16 if native else torch.float32)
+    # laid out for oneDNN's bf16 convolutions where they run, as ComfyUI's --force-channels-last would
+    assert unet.input_blocks[0][0].weight.is_contiguous(memory_format=torch.channels_last) is native
 
 
 # --- the default precision: bf16 where the CPU computes it natively, else ComfyUI's ------------
@@ -166,3 +168,70 @@ def test_the_default_on_this_cpu_and_a_flag_that_overrules_it(host, sd1_pipeline
     monkeypatch.setattr(comfy.cli_args.args, "fp32_unet", True)
     model, _ = load(host, sd1_pipeline, weight_dtype="default")
     assert model.model.diffusion_model.input_blocks[0][0].weight.dtype == torch.float32
+
+
+# --- the VAE: bf16 by default where the U-Net is, channels-last activations, weights as stored ---
+
+
+def test_every_vae_precision_flag_of_this_release_counts_as_a_choice(host, monkeypatch):
+    import comfy.cli_args
+
+    cpu = pack_import.pack_module("nodes.cpu")
+    assert cpu.precision_flags_given("vae") == ["--fp32-vae"]  # the test host's
+    monkeypatch.setattr(comfy.cli_args.args, "fp32_vae", False)
+    assert cpu.precision_flags_given("vae") == []
+    monkeypatch.setattr(comfy.cli_args.args, "cpu_vae", True)  # a device, not a precision
+    assert cpu.precision_flags_given("vae") == []
+    names = [n for n in vars(comfy.cli_args.args) if n.endswith("_vae") and n != "cpu_vae"]
+    assert {"fp16_vae", "fp32_vae", "bf16_vae"} <= set(names)
+    for name in [*names, "force_fp32", "force_fp16"]:
+        monkeypatch.setattr(comfy.cli_args.args, name, True)
+        assert cpu.precision_flags_given("vae") == [f"--{name.replace('_', '-')}"]
+        monkeypatch.setattr(comfy.cli_args.args, name, False)
+
+
+def load_vae(host, pipeline, weight_dtype):
+    loader = host.nodes.NODE_CLASS_MAPPINGS["BKSDMPipelineLoader"]
+    return loader.execute(model_name=pipeline.path.name, weight_dtype=weight_dtype, prediction="auto").args[2]
+
+
+def decoder_input_layout(vae) -> bool:
+    """Decode one latent; whether the decoder's first convolution saw a channels-last tensor."""
+    import nodes
+
+    seen = []
+    conv_in = vae.first_stage_model.decoder.conv_in
+    hook = conv_in.register_forward_pre_hook(
+        lambda _m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    try:
+        with torch.inference_mode():
+            image = nodes.VAEDecode().decode(vae, {"samples": torch.randn(1, 4, 8, 8)})[0]
+    finally:
+        hook.remove()
+    assert torch.isfinite(image).all()
+    return seen == [True]
+
+
+def test_the_vae_follows_the_default_and_saves_with_the_stock_node(host, sd1_pipeline, monkeypatch, tmp_path):
+    """weight_dtype default: a bf16 VAE computing on channels-last activations on a CPU with native
+    bf16, fp32 elsewhere; fp32 in the loader or --fp32-vae keep fp32. Its weights keep their
+    layout, so the stock VAE Save node writes it (safetensors takes contiguous tensors only)."""
+    import comfy.cli_args
+    import folder_paths
+    from comfy_extras.nodes_model_merging import VAESave
+    from safetensors.torch import load_file
+
+    native = pack_import.pack_module("nodes.cpu").cpu_has_native_bf16()
+    monkeypatch.setattr(comfy.cli_args.args, "fp32_vae", False)  # the test host runs --fp32-vae
+    vae = load_vae(host, sd1_pipeline, "default")
+    assert vae.vae_dtype == (torch.bfloat16 if native else torch.float32)
+    assert decoder_input_layout(vae) is native
+    monkeypatch.setattr(folder_paths, "get_output_directory", lambda: str(tmp_path))
+    VAESave().save(vae, "vae/bk-sdm")
+    saved = load_file(next((tmp_path / "vae").glob("bk-sdm*.safetensors")))
+    assert {k: v.dtype for k, v in saved.items()} == {k: v.dtype for k, v in vae.get_sd().items()}
+    for weight_dtype, fp32_vae in (("fp32", False), ("default", True)):
+        monkeypatch.setattr(comfy.cli_args.args, "fp32_vae", fp32_vae)
+        vae = load_vae(host, sd1_pipeline, weight_dtype)
+        assert vae.vae_dtype == torch.float32
+        assert decoder_input_layout(vae) is False

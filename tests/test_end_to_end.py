@@ -104,19 +104,31 @@ def psnr(image: np.ndarray, reference: np.ndarray) -> float:
     return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
-def test_main_command_defaults_to_bf16_only_where_the_cpu_computes_it(sd1_pipeline, host, tmp_path):
-    """With no precision flag, the main command's U-Net computes in bf16 on a CPU with
-    AVX512-BF16 or AMX, and its image stays within 40 dB PSNR of the fp32 one (the issue's
-    bar for "faithful"); on a CPU without them it is the fp32 image itself."""
-    fp32 = run_main_job(host, sd1_pipeline.path, tmp_path / "fp32.png")  # the host runs --fp32-unet
-    output = tmp_path / "default.png"
+# Which parts the default puts in bf16 (ComfyUI's flags keep the others in fp32), and the line
+# each logs when it does.
+BF16_PARTS = {
+    "unet": (["--fp32-vae"], ["BK-SDM: computing in bf16 on this CPU"]),
+    "vae": (["--fp32-unet"], ["BK-SDM: VAE in bf16 on this CPU"]),
+    "default": ([], ["BK-SDM: computing in bf16 on this CPU", "BK-SDM: VAE in bf16 on this CPU"]),
+}
+
+
+@pytest.mark.parametrize("part", sorted(BF16_PARTS))
+def test_main_command_defaults_to_bf16_only_where_the_cpu_computes_it(sd1_pipeline, host, tmp_path, part):
+    """With no precision flag, the main command's U-Net and VAE compute in bf16 on a CPU with
+    AVX512-BF16 or AMX. Each part alone, and both together, keep the image within 40 dB PSNR of
+    the fp32 one (the issue's bar for "faithful"); on a CPU without them it is the fp32 image itself."""
+    fp32 = run_main_job(host, sd1_pipeline.path, tmp_path / "fp32.png")  # the host runs fp32 throughout
+    output = tmp_path / f"{part}.png"
+    flags, logged = BF16_PARTS[part]
     args = [sys.executable, str(REPO), "txt2img", *scene_args(sd1_pipeline.path, output), "--comfyui", str(host.path),
-            "--comfy-arg=--fp32-text-enc"]
+            *(f"--comfy-arg={flag}" for flag in ["--fp32-text-enc", *flags])]
     run = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     image = np.asarray(Image.open(output).convert("RGB"))
     if pack_import.pack_module("nodes.cpu").cpu_has_native_bf16():
-        assert "BK-SDM: computing in bf16 on this CPU" in run.stderr + run.stdout
+        for line in logged:
+            assert line in run.stderr + run.stdout
         assert not np.array_equal(image, fp32)
         assert psnr(image, fp32) >= 40.0, f"{psnr(image, fp32):.1f} dB"
     else:
