@@ -42,13 +42,12 @@ from pathlib import Path
 from options import COMFYUI_HELP, WORKDIR, comfyui_path, csv_list, fill_defaults, smoke_help
 from output import load_line, progress, ratio, save_json, table, write_stdout
 from pipelines import LAYOUTS, ensure_pipeline, layout_list, teacher_of
-from sampling import ATTENTIONS, Budget, measure
+from sampling import ATTENTIONS, DIFFUSERS_DTYPE, Budget, measure
 from workers import is_worker, run_worker, worker_main
 
 FULL = {"models": "sd1-base,sd1-small,sd1-tiny,sd1-teacher", "size": 512, "steps": 20}
 SMOKE = {"models": "sd1-tiny", "size": 64, "steps": 2}
 DTYPES = ("fp32", "bf16", "default")  # default: what the loader gives (bf16 U-Net and VAE on a CPU with native bf16)
-DIFFUSERS_DTYPE = {"default": "fp32"}  # the row a default row is set against: diffusers' own default
 MIB = 2**20
 
 

@@ -21,7 +21,8 @@ from pipelines import Layout, diffusers_dtype, layout_list
 PROMPT = "a photo of an astronaut riding a horse on mars, highly detailed"
 NEGATIVE = "blurry, low quality"
 SEED = 42
-DTYPES = ("fp16", "bf16", "fp32", "default")  # default: the pack loader's default; for diffusers, fp32
+DTYPES = ("fp16", "bf16", "fp32", "default")  # default: the pack loader's default
+DIFFUSERS_DTYPE = {"default": "fp32"}  # what diffusers runs for a dtype that is not its own: its default
 # ComfyUI attention settings: the MODEL as the pack's loader gives it, or the same MODEL without
 # the pack's CPU attention choice (nodes/cpu.py), i.e. ComfyUI's own default; alike on CUDA.
 ATTENTIONS = ("pack", "comfyui")
@@ -195,8 +196,8 @@ class Bench:
         diffusers.utils.logging.disable_progress_bar()
         transformers.utils.logging.disable_progress_bar()
 
-        torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32,
-                       "default": torch.float32}[dtype]
+        torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16,
+                       "fp32": torch.float32}[DIFFUSERS_DTYPE.get(dtype, dtype)]
         kwargs = {"variant": "fp16"} if dtype == "fp16" else {}  # the files the pack reads for each dtype
 
         def load():

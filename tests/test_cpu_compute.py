@@ -27,9 +27,14 @@ def sdpa_calls(host, monkeypatch):
     return calls
 
 
-def load(host, pipeline, weight_dtype="fp32"):
+def load_pipeline(host, pipeline, weight_dtype="fp32"):
+    """The pipeline loader's MODEL, CLIP and VAE."""
     loader = host.nodes.NODE_CLASS_MAPPINGS["BKSDMPipelineLoader"]
-    return loader.execute(model_name=pipeline.path.name, weight_dtype=weight_dtype, prediction="auto").args[:2]
+    return loader.execute(model_name=pipeline.path.name, weight_dtype=weight_dtype, prediction="auto").args
+
+
+def load(host, pipeline, weight_dtype="fp32"):
+    return load_pipeline(host, pipeline, weight_dtype)[:2]
 
 
 def sample_once(model, clip, calls) -> int:
@@ -190,11 +195,6 @@ def test_every_vae_precision_flag_of_this_release_counts_as_a_choice(host, monke
         monkeypatch.setattr(comfy.cli_args.args, name, False)
 
 
-def load_vae(host, pipeline, weight_dtype):
-    loader = host.nodes.NODE_CLASS_MAPPINGS["BKSDMPipelineLoader"]
-    return loader.execute(model_name=pipeline.path.name, weight_dtype=weight_dtype, prediction="auto").args[2]
-
-
 def decoder_input_layout(vae) -> bool:
     """Decode one latent; whether the decoder's first convolution saw a channels-last tensor."""
     import nodes
@@ -223,7 +223,7 @@ def test_the_vae_follows_the_default_and_saves_with_the_stock_node(host, sd1_pip
 
     native = pack_import.pack_module("nodes.cpu").cpu_has_native_bf16()
     monkeypatch.setattr(comfy.cli_args.args, "fp32_vae", False)  # the test host runs --fp32-vae
-    vae = load_vae(host, sd1_pipeline, "default")
+    vae = load_pipeline(host, sd1_pipeline, "default")[2]
     assert vae.vae_dtype == (torch.bfloat16 if native else torch.float32)
     assert decoder_input_layout(vae) is native
     monkeypatch.setattr(folder_paths, "get_output_directory", lambda: str(tmp_path))
@@ -232,6 +232,6 @@ def test_the_vae_follows_the_default_and_saves_with_the_stock_node(host, sd1_pip
     assert {k: v.dtype for k, v in saved.items()} == {k: v.dtype for k, v in vae.get_sd().items()}
     for weight_dtype, fp32_vae in (("fp32", False), ("default", True)):
         monkeypatch.setattr(comfy.cli_args.args, "fp32_vae", fp32_vae)
-        vae = load_vae(host, sd1_pipeline, weight_dtype)
+        vae = load_pipeline(host, sd1_pipeline, weight_dtype)[2]
         assert vae.vae_dtype == torch.float32
         assert decoder_input_layout(vae) is False
