@@ -18,11 +18,13 @@ image, then its VAE decode.
 - diffusers: ``StableDiffusionPipeline.from_pretrained`` on the same folder,
   ``EulerDiscreteScheduler``, prompt embeddings computed once, the latent decoded by its VAE.
 
-s/image = (sampling call + decode) / images. Memory: the peak RSS growth of the first timed
-sampling call over the RSS just before it (the kernel's high-water mark, reset first), with
-the model loaded. bf16 rows compare their image with the same cell's fp32 image (same seed
+s/image = (text encode + sampling call + decode) / images. Memory: the peak RSS growth of
+the first timed sampling call over the RSS just before it (the kernel's high-water mark,
+reset first), with the model loaded. bf16 rows compare their image with the same cell's fp32 image (same seed
 and noise): max abs difference in 8-bit levels and PSNR; with fp32 and bf16 of one layout,
 ``side-by-side-<layout>.png`` (fp32 | bf16 | difference x8) is written beside the images.
+The ``default`` dtype is what the loader gives with ``weight_dtype = default`` (on a CPU with
+native bf16: a bf16 U-Net and VAE); diffusers has no row of its own for it, its default is fp32.
 With ``--compile``, the pack's MODEL also goes through ComfyUI's ``TorchCompileModel``
 (inductor) in the process of its eager run, and a second table sets the compiled calls, and
 the compile itself, against the eager ones.

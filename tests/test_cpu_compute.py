@@ -195,21 +195,25 @@ def test_every_vae_precision_flag_of_this_release_counts_as_a_choice(host, monke
         monkeypatch.setattr(comfy.cli_args.args, name, False)
 
 
-def decoder_input_layout(vae) -> bool:
-    """Decode one latent; whether the decoder's first convolution saw a channels-last tensor."""
+def activation_layouts(vae) -> list[bool]:
+    """Decode one latent with the stock VAEDecode and encode the image with VAEEncode; whether the
+    decoder's and then the encoder's first convolution saw a channels-last tensor."""
     import nodes
 
     seen = []
-    conv_in = vae.first_stage_model.decoder.conv_in
-    hook = conv_in.register_forward_pre_hook(
+    hooks = [part.conv_in.register_forward_pre_hook(
         lambda _m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+        for part in (vae.first_stage_model.decoder, vae.first_stage_model.encoder)]
     try:
         with torch.inference_mode():
             image = nodes.VAEDecode().decode(vae, {"samples": torch.randn(1, 4, 8, 8)})[0]
+            latent = nodes.VAEEncode().encode(vae, image)[0]["samples"]
     finally:
-        hook.remove()
-    assert torch.isfinite(image).all()
-    return seen == [True]
+        for hook in hooks:
+            hook.remove()
+    assert torch.isfinite(image).all() and torch.isfinite(latent).all()
+    assert latent.shape == (1, 4, 8, 8)
+    return seen
 
 
 def test_the_vae_follows_the_default_and_saves_with_the_stock_node(host, sd1_pipeline, monkeypatch, tmp_path):
@@ -225,7 +229,7 @@ def test_the_vae_follows_the_default_and_saves_with_the_stock_node(host, sd1_pip
     monkeypatch.setattr(comfy.cli_args.args, "fp32_vae", False)  # the test host runs --fp32-vae
     vae = load_pipeline(host, sd1_pipeline, "default")[2]
     assert vae.vae_dtype == (torch.bfloat16 if native else torch.float32)
-    assert decoder_input_layout(vae) is native
+    assert activation_layouts(vae) == [native, native]
     monkeypatch.setattr(folder_paths, "get_output_directory", lambda: str(tmp_path))
     VAESave().save(vae, "vae/bk-sdm")
     saved = load_file(next((tmp_path / "vae").glob("bk-sdm*.safetensors")))
@@ -234,4 +238,4 @@ def test_the_vae_follows_the_default_and_saves_with_the_stock_node(host, sd1_pip
         monkeypatch.setattr(comfy.cli_args.args, "fp32_vae", fp32_vae)
         vae = load_pipeline(host, sd1_pipeline, weight_dtype)[2]
         assert vae.vae_dtype == torch.float32
-        assert decoder_input_layout(vae) is False
+        assert activation_layouts(vae) == [False, False]
