@@ -1,6 +1,7 @@
 """What a benchmark reads from, or changes on, a ComfyUI MODEL (a ``ModelPatcher``): the
-attention kernel it runs, the dtype it computes in, and the same MODEL with ComfyUI's default
-CPU attention instead of the pack's choice. Only ComfyUI's public patcher API is used."""
+attention kernel it runs, the dtype it computes in, the same MODEL with ComfyUI's default
+CPU attention instead of the pack's choice, and the same MODEL through ComfyUI's
+TorchCompileModel node. Only ComfyUI's public patcher API and stock nodes are used."""
 
 from __future__ import annotations
 
@@ -28,3 +29,11 @@ def compute_dtype(patcher) -> str:
     """The dtype ComfyUI computes the MODEL's layers in: its cast dtype (as patched, e.g. by
     ``set_model_compute_dtype``) when it has one, else its weights' dtype."""
     return str(patcher.get_model_object("manual_cast_dtype") or patcher.model.get_dtype()).replace("torch.", "")
+
+
+def torch_compiled(patcher):
+    """The MODEL as ComfyUI's stock TorchCompileModel node gives it (inductor): it compiles on the
+    first U-Net call."""
+    from comfy_extras.nodes_torch_compile import TorchCompileModel
+
+    return TorchCompileModel.execute(model=patcher, backend="inductor").args[0]

@@ -36,12 +36,20 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
-from options import COMFYUI_HELP, WORKDIR, comfyui_path, csv_list, fill_defaults, smoke_help
+from options import (
+    COMFYUI_HELP,
+    WORKDIR,
+    add_compile_flags,
+    comfyui_path,
+    compile_env,
+    csv_list,
+    fill_defaults,
+    smoke_help,
+)
 from output import load_line, progress, ratio, save_json, table, write_stdout
 from pipelines import LAYOUTS, ensure_pipeline, layout_list, teacher_of
 from sampling import ATTENTIONS, DIFFUSERS_DTYPE, Budget, measure
@@ -74,11 +82,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="pack = the MODEL as the pack's loader gives it; comfyui = ComfyUI's CPU default "
                         "(default: %(default)s)")
     p.add_argument("--frameworks", default="comfyui,diffusers", help="(default: %(default)s)")
-    p.add_argument("--compile", action="store_true", help="also run the pack's MODEL through ComfyUI's "
-                   "TorchCompileModel (inductor), in the same process after its eager run, at each dtype")
-    p.add_argument("--inductor-cache", choices=("cold", "warm"), default="cold",
-                   help="cold: compile into an empty inductor cache, as a first run does; warm: torch's on-disk "
-                        "cache, which later ComfyUI sessions reuse (default: %(default)s)")
+    add_compile_flags(p, "the pack's MODEL")
     p.add_argument("--workdir", type=Path, default=WORKDIR,
                    help="random pipeline folders, images, logs, results (default: %(default)s)")
     p.add_argument("--comfyui", help=COMFYUI_HELP)
@@ -110,9 +114,7 @@ def main(argv=None) -> int:
     args.images = str(workdir / "images" / stamp)
     layouts = layout_list(args.models)
     frameworks = csv_list(args.frameworks, ("comfyui", "diffusers"))
-    env = None  # the workers' environment: this one, with an empty inductor cache for a cold compile
-    if args.compile and args.inductor_cache == "cold":
-        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(workdir / "inductor-cache" / stamp)}
+    env = compile_env(args, workdir, stamp)
     cells = [("comfyui", a) for a in csv_list(args.comfy_attention, ATTENTIONS) if "comfyui" in frameworks]
     if "diffusers" in frameworks:
         cells.append(("diffusers", None))  # no attention setting: the sampling worker ignores it

@@ -1,9 +1,11 @@
 """Command-line pieces the benchmark scripts share: the defaults of a full run or of a
-``--smoke`` run, comma-separated lists, the default workdir and the ComfyUI checkout."""
+``--smoke`` run, comma-separated lists, the default workdir, the ComfyUI checkout and the
+compile flags."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,3 +46,18 @@ def comfyui_path(given: str | None) -> Path:
         return comfy_host.locate_comfyui(given, "pass --comfyui PATH or set COMFYUI_PATH")
     except comfy_host.HostError as e:
         raise SystemExit(str(e)) from None
+
+
+def add_compile_flags(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--compile", action="store_true", help=f"also run {what} through ComfyUI's TorchCompileModel "
+                   "(inductor), in the same process after its eager run, at each dtype")
+    p.add_argument("--inductor-cache", choices=("cold", "warm"), default="cold",
+                   help="cold: compile into an empty inductor cache, as a first run does; warm: torch's on-disk "
+                        "cache, which later ComfyUI sessions reuse (default: %(default)s)")
+
+
+def compile_env(args: argparse.Namespace, workdir: Path, stamp: str) -> dict | None:
+    """The workers' environment: this one, with an empty inductor cache for a cold compile (None: unchanged)."""
+    if args.compile and args.inductor_cache == "cold":
+        return {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(workdir / "inductor-cache" / stamp)}
+    return None

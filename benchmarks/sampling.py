@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from comfy_model import compute_dtype, model_attention, with_comfyui_attention
+from comfy_model import compute_dtype, model_attention, torch_compiled, with_comfyui_attention
 from memory import measure_call
 from options import csv_list
 from output import machine_header, median
@@ -148,8 +148,7 @@ class Bench:
                 model = loaded if attention == "pack" else with_comfyui_attention(loaded)
                 framework = "ComfyUI"
                 if compile_:
-                    compiler = nodes.NODE_CLASS_MAPPINGS["TorchCompileModel"]
-                    model = compiler.execute(model=model, backend="inductor").args[0]
+                    model = torch_compiled(model)
                     framework = "ComfyUI+compile"
                 for batch in batches:
                     latent = nodes.EmptyLatentImage().generate(args.size, args.size, batch)[0]

@@ -85,6 +85,27 @@ def test_unet_step_benchmark_smoke_computes_the_same_step_in_both_frameworks(tmp
         assert re.search(row, run.stdout, re.M), run.stdout
 
 
+def test_unet_step_benchmark_smoke_times_the_default_dtype_eager_and_compiled(tmp_path):
+    """The loaders' default dtype (bf16 on a CPU with native bf16, else fp32) against diffusers'
+    default, fp32, and the same MODEL through TorchCompileModel: compiled once, the same step."""
+    run = run_smoke("unet_step.py", "--workdir", str(tmp_path / "work"), "--comfy-attention", "pack",
+                    "--dtypes", "default", "--compile")
+    results = json.loads(raw_results(run).read_text())["results"]
+    assert set(results) == {"sd1-tiny pack default 64x64 b2"}
+    r = results["sd1-tiny pack default 64x64 b2"]
+    native = pack_import.pack_module("nodes.cpu").cpu_has_native_bf16()
+    assert r["comfy_compute_dtype"] == ("bfloat16" if native else "float32")
+    tolerance = 5e-2 if native else 1e-3  # bf16's cost against diffusers' fp32, or float rounding
+    assert r["max_abs_diff"] < tolerance * r["output_scale"]
+    assert r["compiled_s"] > 0 and r["compiled_first_s"] > r["compiled_s"]
+    assert r["recompiles"] == 0
+    assert r["compiled_max_abs_diff"] < tolerance * r["output_scale"]
+    number = r"[0-9.]+ +\|"  # eager ms, compiled ms, x eager; then n/a (no fp32 row), compile s, 0 recompiles
+    compiled_row = (rf"^\| sd1-tiny +\| 64x64 +\| 2 +\| default +\| pack +\| {number} {number} {number} "
+                    rf"n/a +\| {number} 0 +\|")
+    assert re.search(compiled_row, run.stdout.split("### TorchCompileModel (U-Net step")[1], re.M), run.stdout
+
+
 def test_cpu_txt2img_benchmark_smoke_times_whole_images_per_attention_setting(sampling_workdir, host):
     # ComfyUI at both attention settings in fp32, in bf16 computed in bf16 (forced: this CPU may lack
     # native bf16, and diffusers' emulated bf16 VAE takes minutes) and at the loader's default, then
