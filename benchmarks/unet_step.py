@@ -15,7 +15,8 @@ calls alternate (ComfyUI, diffusers, ...) after a warm-up, and the medians are r
 The two outputs are compared first, so the timings are of the same computation.
 
 The ComfyUI step gets the MODEL's own ``transformer_options``, as the sampler passes
-them, so it runs the attention the MODEL carries. Each layout runs in its own process, once
+them (with the MODEL's wrappers merged in by the sampler's own ``prepare_model_patcher``),
+so it runs the attention and the teacher addressing the MODEL carries. Each layout runs in its own process, once
 per attention setting: ``pack`` is what the pack's loaders give on the CPU (PyTorch SDPA
 for this MODEL alone, ``nodes/cpu.py``), ``comfyui`` the same MODEL without that
 choice (ComfyUI's CPU default, sub-quadratic), and ``pytorch`` / ``split`` / ``quad``
@@ -91,6 +92,8 @@ def step_worker(spec: dict) -> dict:
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
     import comfy.model_management
+    import comfy.model_patcher
+    import comfy.sampler_helpers
 
     from random_models import random_unet, unet_config
 
@@ -115,8 +118,12 @@ def step_worker(spec: dict) -> dict:
     timesteps = torch.full((spec["batch"],), TIMESTEP)
     scaled = x / (sigma.view(-1, 1, 1, 1) ** 2 + 1).sqrt()
 
-    def step_of(patcher):  # the sampler passes each call its own copy of the MODEL's transformer_options
-        options = patcher.model_options["transformer_options"]
+    def step_of(patcher):
+        """One U-Net call with the transformer_options a sampler gives it: the MODEL's own, with its
+        wrappers (the pack's teacher addressing, a compile) merged in by the sampler's own step."""
+        model_options = comfy.model_patcher.create_model_options_clone(patcher.model_options)
+        comfy.sampler_helpers.prepare_model_patcher(patcher, {}, model_options)
+        options = model_options["transformer_options"]  # each call gets its own copy, as from the sampler
         return lambda: patcher.model.apply_model(x, sigma, c_crossattn=context, transformer_options=dict(options))
 
     comfy_step = step_of(patcher)
@@ -173,6 +180,8 @@ def compiled_step_times(patcher, step_of, repeats: int, eager_eps, x, sigma) -> 
     denoised = step()
     first_s = time.perf_counter() - t0
     graphs = counters["stats"]["unique_graphs"]
+    if not graphs:
+        raise RuntimeError("TorchCompileModel compiled nothing: its wrapper did not reach the U-Net call")
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -181,7 +190,7 @@ def compiled_step_times(patcher, step_of, repeats: int, eager_eps, x, sigma) -> 
     eps = (x - denoised) / sigma.view(-1, 1, 1, 1)
     return {"compiled_s": median(times), "compiled_all": times, "compiled_first_s": first_s,
             "compiled_max_abs_diff": (eps - eager_eps).abs().max().item(),
-            "recompiles": counters["stats"]["unique_graphs"] - graphs}
+            "graphs_compiled": graphs, "recompiles": counters["stats"]["unique_graphs"] - graphs}
 
 
 # --------------------------------------------------------------------------- parent
