@@ -12,6 +12,7 @@ from collections.abc import Callable
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 SEED_CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 MUTED, BYPASSED = 2, 4  # LiteGraph node modes
+NOTES = {"Note", "MarkdownNote"}  # text for the reader: the front end never sends them to the server
 
 
 class WorkflowError(ValueError):
@@ -38,7 +39,7 @@ def to_api_prompt(workflow: dict, node_info: Callable[[str], dict]) -> dict:
     prompt = {}
     for node in workflow["nodes"]:
         mode = node.get("mode", 0)
-        if mode == MUTED:
+        if mode == MUTED or node["type"] in NOTES:
             continue
         if mode == BYPASSED:
             raise WorkflowError(f"node {node['id']} ({node['type']}) is bypassed; un-bypass or remove it")
