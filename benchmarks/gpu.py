@@ -43,7 +43,7 @@ from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from options import COMFYUI_HELP, WORKDIR, comfyui_path, csv_list, fill_defaults, smoke_help  # noqa: E402
-from output import progress, ratio, save_json, table, verdict, write_stdout  # noqa: E402
+from output import load_line, progress, ratio, save_json, table, verdict, write_stdout  # noqa: E402
 from pipelines import LAYOUTS, ensure_pipeline, layout_list  # noqa: E402
 from sampling import DTYPES, Budget, measure  # noqa: E402
 from workers import is_worker, run_worker, worker_main  # noqa: E402
@@ -198,6 +198,7 @@ def main(argv=None) -> int:
         skipped += result["skipped"]
         header = header or result["header"]
 
+    header = header and header + load_line("at end") + "\n"
     text = header + "\n" + report(rows, skipped, args) + f"\ntotal wall time {time.monotonic() - T0:.0f} s\n"
     stamp = time.strftime("%Y%m%d-%H%M%S")
     results = workdir / "results" / f"gpu-{stamp}.json"

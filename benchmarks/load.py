@@ -31,7 +31,7 @@ from pathlib import Path
 
 from memory import Measured, measure_call, proc_status, tensor_bytes, touch_weights
 from options import COMFYUI_HELP, WORKDIR, comfyui_path, csv_list, fill_defaults, smoke_help
-from output import machine_header, median, progress, ratio, save_json, table, verdict, write_stdout
+from output import load_line, machine_header, median, progress, ratio, save_json, table, verdict, write_stdout
 from pipelines import LAYOUTS, WEIGHT_FILES, diffusers_dtype, ensure_pipeline, layout_list, set_page_cache, weight_files
 from workers import is_worker, run_worker, worker_main
 
@@ -183,6 +183,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
                     runs.setdefault((lay.name, dtype, loader), []).append(result)
 
     summary = summarize(runs)
+    header += load_line("at end") + "\n"
     save_json(workdir / "results" / f"load-{stamp}.json", {"header": header, "runs": {
         " ".join(k): v for k, v in runs.items()}, "summary": {" ".join(k): v for k, v in summary.items()}})
     write_stdout(header + "\n" + report(summary, layouts, dtypes, loaders)

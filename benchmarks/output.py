@@ -79,9 +79,29 @@ def cpu_features() -> str:
     return ", ".join(f"{name} {'yes' if name in flags else 'no'}" for name in BF16_FEATURES)
 
 
+# A 1-minute load average above this share of the usable cores when a run starts means other
+# work was running: the run's timings are marked as skewed.
+QUIET_LOAD_PER_CORE = 0.5
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def load_line(when: str) -> str:
+    """The load average; at the start, judged against the quiet bound (at the end it holds the
+    run's own work)."""
     load1, load5, _ = os.getloadavg()
-    return f"- load average {when}: {load1:.2f} (1 min), {load5:.2f} (5 min) — other work on the machine skews timings"
+    line = f"- load average {when}: {load1:.2f} (1 min), {load5:.2f} (5 min)"
+    if when != "at start":
+        return line + " — the run's own work included"
+    bound = QUIET_LOAD_PER_CORE * usable_cores()
+    if load1 > bound:
+        return line + f" — BUSY: above the quiet bound of {bound:.2f} (half the usable cores); timings are skewed"
+    return line + f" — quiet (at most {bound:.2f}, half the usable cores)"
 
 
 def comfyui_version(path: Path) -> str:
@@ -119,10 +139,7 @@ def machine_header(title: str, comfy_path: Path | None, extra: dict[str, str] | 
     import psutil
 
     now = datetime.datetime.now(datetime.timezone.utc).astimezone()
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count()
+    cores = usable_cores()
     pack = git_describe(REPO) or recorded_commit(REPO / ".bench-device" / "pack-commit") or "not a git checkout"
     lines = [
         f"## {title}",

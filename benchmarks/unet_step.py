@@ -51,7 +51,7 @@ from options import (
     fill_defaults,
     smoke_help,
 )
-from output import machine_header, median, progress, ratio, save_json, table, write_stdout
+from output import load_line, machine_header, median, progress, ratio, save_json, table, write_stdout
 from pipelines import LAYOUTS, layout_list, teacher_of
 from sampling import DIFFUSERS_DTYPE
 from workers import is_worker, run_worker, worker_main
@@ -255,6 +255,7 @@ def main(argv=None) -> int:
                 if args.compile else ""))
         results[cell] = r
     path = workdir / "results" / f"unet_step-{stamp}.json"
+    header += load_line("at end") + "\n"
     save_json(path, {"header": header, "results": {cell.name: r for cell, r in results.items()}})
     write_stdout(header + "\n" + report(results, layouts)
                  + (compile_report(results, args.inductor_cache) if args.compile else "")

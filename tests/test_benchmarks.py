@@ -92,6 +92,8 @@ def test_unet_step_benchmark_smoke_times_the_default_dtype_eager_and_compiled(tm
                     "--dtypes", "default", "--compile")
     results = json.loads(raw_results(run).read_text())["results"]
     assert set(results) == {"sd1-tiny pack default 64x64 b2"}
+    assert re.search(r"^- load average at start: [0-9.]+ \(1 min\), [0-9.]+ \(5 min\) — (quiet|BUSY)", run.stdout, re.M)
+    assert re.search(r"^- load average at end: ", run.stdout, re.M)
     r = results["sd1-tiny pack default 64x64 b2"]
     native = pack_import.pack_module("nodes.cpu").cpu_has_native_bf16()
     assert r["comfy_compute_dtype"] == ("bfloat16" if native else "float32")
