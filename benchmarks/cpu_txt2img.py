@@ -40,6 +40,7 @@ import sys
 import time
 from pathlib import Path
 
+from charts import bar_chart, save_chart
 from options import (
     COMFYUI_HELP,
     WORKDIR,
@@ -88,6 +89,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--comfyui", help=COMFYUI_HELP)
     p.add_argument("--comfy-arg", action="append", default=[], metavar="ARG", help="extra ComfyUI flag (repeatable)")
     p.add_argument("--timeout", type=float, default=7200, help="seconds per worker process (default: %(default)s)")
+    p.add_argument("--chart", type=Path, metavar="RESULTS_JSON",
+                   help="draw the chart of an earlier run from its raw results, beside them, and stop")
     args = fill_defaults(p.parse_args(argv), FULL, SMOKE)
     # what the shared sampling worker reads besides (sampling.measure)
     args.device, args.decode, args.title = "cpu", True, "BK-SDM txt2img benchmark (CPU)"
@@ -108,6 +111,9 @@ def worker(spec: dict) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.chart:
+        log(f"chart: {chart_from(args.chart)}")
+        return 0
     comfy = comfyui_path(args.comfyui)
     workdir = args.workdir.resolve()
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -140,9 +146,40 @@ def main(argv=None) -> int:
     header += load_line("at end") + "\n"
     path = workdir / "results" / f"cpu_txt2img-{stamp}.json"
     save_json(path, {"header": header, "rows": rows, "args": vars(args)})
+    drawn = save_chart(chart(rows, header, args.size, args.steps), path.with_suffix(".png"))
     write_stdout(header + "\n" + report(rows, layouts, args.warmup_steps, args.inductor_cache)
-                 + f"\nimages: {args.images}\nraw results: {path}\n")
+                 + f"\nimages: {args.images}\nchart: {drawn}\nraw results: {path}\n")
     return 0
+
+
+def chart_from(results: Path) -> Path:
+    """Draw the chart of an earlier run again from its raw results (``--chart``)."""
+    import json
+
+    saved = json.loads(results.read_text())
+    args = saved["args"]
+    return save_chart(chart(saved["rows"], saved["header"], args["size"], args["steps"]), results.with_suffix(".png"))
+
+
+def chart(rows: list[dict], header: str, size: int, steps: int):
+    """Seconds per image by layout, one bar per framework, attention setting and dtype."""
+    frameworks = {"ComfyUI": "pack in ComfyUI", "ComfyUI+compile": "pack in ComfyUI, compiled",
+                  "diffusers": "diffusers"}
+
+    def series(r):
+        attention = ", ComfyUI's attention" if r.get("attention_setting") == "comfyui" else ""
+        return f"{frameworks[r['framework']]}{attention} {r['dtype']}"
+
+    def order(r):  # the pack's rows, then diffusers'; fp32, bf16, default within each
+        return (list(frameworks).index(r["framework"]), r.get("attention_setting") == "comfyui",
+                DTYPES.index(r["dtype"]))
+
+    batch = min(r["batch"] for r in rows)
+    shown = sorted((r for r in rows if r["batch"] == batch and "error" not in r), key=order)
+    machine = next((line[2:] for line in header.splitlines() if line.startswith("- machine:")), "")
+    return bar_chart(f"Seconds per {size}x{size} image: text encode, {steps} steps, decode (lower is faster)", "s",
+                     list(dict.fromkeys(r["model"] for r in rows)), list(dict.fromkeys(series(r) for r in shown)),
+                     {(r["model"], series(r)): per_image(r) for r in shown}, note=machine)
 
 
 # --------------------------------------------------------------------------- images
@@ -174,13 +211,15 @@ def compare_images(rows: list[dict], folder: Path) -> None:
 
 # --------------------------------------------------------------------------- report
 
+def per_image(r: dict | None) -> float | None:
+    """Seconds per image: the prompt's encoding, the sampling call and the decode, over the images."""
+    return r and (r["encode_s"] + r["seconds"] + r["decode_s"]) / r["batch"]
+
+
 def report(rows: list[dict], layouts, warmup_steps: int, inductor_cache: str) -> str:
     def find(model, dtype, framework, attention, batch):
         return next((r for r in rows if (r["model"], r["dtype"], r["framework"], r.get("attention_setting"),
                                          r["batch"]) == (model, dtype, framework, attention, batch)), None)
-
-    def per_image(r):
-        return r and (r["encode_s"] + r["seconds"] + r["decode_s"]) / r["batch"]
 
     out = []
     for r in rows:

@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+from charts import bar_chart, save_chart
 from comfy_model import compute_dtype, model_attention, torch_compiled, with_comfyui_attention
 from memory import measure_call
 from options import (
@@ -217,6 +218,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, default=WORKDIR, help="logs and JSON results (default: %(default)s)")
     p.add_argument("--comfyui", help=COMFYUI_HELP)
     p.add_argument("--timeout", type=float, default=3600, help="seconds per worker process (default: %(default)s)")
+    p.add_argument("--chart", type=Path, metavar="RESULTS_JSON",
+                   help="draw the chart of an earlier run from its raw results, beside them, and stop")
     return fill_defaults(p.parse_args(argv), FULL, SMOKE)
 
 
@@ -225,6 +228,9 @@ log = progress("unet_step")
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.chart:
+        log(f"chart: {chart_from(args.chart)}")
+        return 0
     layouts = layout_list(args.layouts)
     attentions = csv_list(args.comfy_attention, list(ATTENTION_FLAGS))
     dtypes = csv_list(args.dtypes, list(DTYPES))
@@ -257,10 +263,41 @@ def main(argv=None) -> int:
     path = workdir / "results" / f"unet_step-{stamp}.json"
     header += load_line("at end") + "\n"
     save_json(path, {"header": header, "results": {cell.name: r for cell, r in results.items()}})
+    drawn = save_chart(chart(results, header), path.with_suffix(".png"))
     write_stdout(header + "\n" + report(results, layouts)
                  + (compile_report(results, args.inductor_cache) if args.compile else "")
-                 + f"\nraw results: {path}\n")
+                 + f"\nchart: {drawn}\nraw results: {path}\n")
     return 0
+
+
+def chart_from(results: Path) -> Path:
+    """Draw the chart of an earlier run again from its raw results (``--chart``)."""
+    import json
+
+    saved = json.loads(results.read_text())
+    cells = {Cell.from_name(name): r for name, r in saved["results"].items()}
+    return save_chart(chart(cells, saved["header"]), results.with_suffix(".png"))
+
+
+def chart(results: dict[Cell, dict], header: str):
+    """Milliseconds per U-Net step by layout: the pack's MODEL per dtype (eager, and compiled where
+    timed) and diffusers per dtype it ran (a default row's diffusers is its fp32: drawn once)."""
+    values = {}
+    for cell, r in results.items():
+        group = f"{cell.layout} {cell.size}x{cell.size}" if len({c.size for c in results}) > 1 else cell.layout
+        setting = "" if cell.attention == "pack" else f", {cell.attention} attention"
+        values[group, f"pack in ComfyUI{setting} {cell.dtype}"] = r["comfy_s"] * 1e3
+        if "compiled_s" in r:
+            values[group, f"pack in ComfyUI{setting}, compiled {cell.dtype}"] = r["compiled_s"] * 1e3
+        if cell.dtype in TORCH_DTYPES and cell.attention == next(iter(ATTENTION_FLAGS)):
+            values[group, f"diffusers {cell.dtype}"] = r["diffusers_s"] * 1e3
+    groups = list(dict.fromkeys(g for g, _ in values))
+    series = sorted(dict.fromkeys(s for _, s in values), key=lambda s: (s.startswith("diffusers"), "compiled" in s,
+                                                                        DTYPES.index(s.rsplit(" ", 1)[1])))
+    machine = next((line[2:] for line in header.splitlines() if line.startswith("- machine:")), "")
+    batch = ", ".join(sorted({str(c.batch) for c in results}))
+    return bar_chart(f"Milliseconds per U-Net step, batch {batch} (lower is faster)", "ms", groups, series, values,
+                     note=machine)
 
 
 class Cell(NamedTuple):
@@ -274,6 +311,11 @@ class Cell(NamedTuple):
     @property
     def name(self) -> str:
         return f"{self.layout} {self.attention} {self.dtype} {self.size}x{self.size} b{self.batch}"
+
+    @classmethod
+    def from_name(cls, name: str) -> Cell:
+        layout, attention, dtype, size, batch = name.split(" ")
+        return cls(layout, attention, dtype, int(size.split("x")[0]), int(batch.removeprefix("b")))
 
 
 def report(results: dict[Cell, dict], layouts) -> str:

@@ -34,6 +34,20 @@ def raw_results(run: subprocess.CompletedProcess) -> Path:
     return Path(re.search(r"^raw results: (.+)$", run.stdout, re.M)[1])
 
 
+def assert_charted(run: subprocess.CompletedProcess, script: str, bars: int) -> None:
+    """The run's chart is a picture beside its raw results, and --chart draws it again from them."""
+    from PIL import Image
+
+    chart = Path(re.search(r"^chart: (.+)$", run.stdout, re.M)[1])
+    assert chart == raw_results(run).with_suffix(".png")
+    drawn = Image.open(chart)
+    assert drawn.format == "PNG" and drawn.width == 1200 and drawn.height > 150 + 26 * bars
+    chart.unlink()
+    again = subprocess.run([sys.executable, f"benchmarks/{script}", "--chart", str(raw_results(run))], cwd=REPO,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and chart.is_file(), again.stderr
+
+
 @pytest.fixture(scope="module")
 def sampling_workdir(tmp_path_factory) -> Path:
     """One workdir for the sampling benchmarks' smoke runs: the random pipeline is written once."""
@@ -94,6 +108,7 @@ def test_unet_step_benchmark_smoke_times_the_default_dtype_eager_and_compiled(tm
     assert set(results) == {"sd1-tiny pack default 64x64 b2"}
     assert re.search(r"^- load average at start: [0-9.]+ \(1 min\), [0-9.]+ \(5 min\) — (quiet|BUSY)", run.stdout, re.M)
     assert re.search(r"^- load average at end: ", run.stdout, re.M)
+    assert_charted(run, "unet_step.py", bars=2)  # the pack eager and compiled (diffusers' default is fp32's)
     r = results["sd1-tiny pack default 64x64 b2"]
     native = pack_import.pack_module("nodes.cpu").cpu_has_native_bf16()
     assert r["comfy_compute_dtype"] == ("bfloat16" if native else "float32")
@@ -136,6 +151,7 @@ def test_cpu_txt2img_benchmark_smoke_times_whole_images_per_attention_setting(sa
         assert 0 < bf16["vs_fp32"]["max_abs"] <= 255 and bf16["vs_fp32"]["psnr_db"] > 0  # the same seed, rounded
     side_by_side = Path(re.search(r"^images: (.+)$", comfy_run.stdout, re.M)[1]) / "side-by-side-sd1-tiny.png"
     assert side_by_side.is_file()
+    assert_charted(comfy_run, "cpu_txt2img.py", bars=6)
     assert re.search(r"^\| sd1-tiny +\| fp32 \(computed in float32; VAE float32\) +\| 1 +\| diffusers \(",
                      diffusers_run.stdout, re.M), diffusers_run.stdout
 
