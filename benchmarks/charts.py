@@ -10,7 +10,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 WIDTH = 1200
-BAR, GAP, MARGIN, LABEL_WIDTH = 26, 22, 40, 230
+BAR, GAP, MARGIN = 26, 22, 40
 COLOURS = ("#3b6fd8", "#f2a93b", "#46a86b", "#c2534f", "#8a63c9", "#5a9fb0", "#9a9a9a", "#d47fb8")
 BACKGROUND, TEXT, MUTED_TEXT, RULE = "#ffffff", "#1d1d24", "#5c5f6b", "#e3e4ea"
 
@@ -38,8 +38,9 @@ def bar_chart(title: str, unit: str, groups: Sequence[str], series: Sequence[str
         x, y = MARGIN + (i % 3) * 370, MARGIN + 40 + 30 * (i // 3)
         draw.rectangle((x, y + 4, x + 18, y + 22), fill=COLOURS[series.index(name) % len(COLOURS)])
         draw.text((x + 28, y + 2), name, font=font(18), fill=TEXT)
+    label_width = max(draw.textlength(g, font=font(20)) for g in groups) + 24  # the group names' column
     largest = max((v for r in rows for _, v in r), default=1.0) or 1.0
-    scale = (WIDTH - MARGIN * 2 - LABEL_WIDTH - 110) / largest
+    scale = (WIDTH - MARGIN * 2 - label_width - 110) / largest
     y = top
     for group, row in zip(groups, rows, strict=True):
         if not row:
@@ -47,7 +48,7 @@ def bar_chart(title: str, unit: str, groups: Sequence[str], series: Sequence[str
         draw.line((MARGIN, y - GAP // 2, WIDTH - MARGIN, y - GAP // 2), fill=RULE, width=1)
         draw.text((MARGIN, y + len(row) * BAR / 2), group, font=font(20), fill=TEXT, anchor="lm")
         for name, value in row:
-            x0 = MARGIN + LABEL_WIDTH
+            x0 = MARGIN + label_width
             draw.rectangle((x0, y + 3, x0 + max(1, round(value * scale)), y + BAR - 3),
                            fill=COLOURS[series.index(name) % len(COLOURS)])
             draw.text((x0 + value * scale + 8, y + BAR / 2), f"{label(value)} {unit}", font=font(16),
@@ -56,6 +57,16 @@ def bar_chart(title: str, unit: str, groups: Sequence[str], series: Sequence[str
         y += GAP
     if note:
         draw.text((MARGIN, height - MARGIN), note, font=font(15), fill=MUTED_TEXT)
+    return image
+
+
+def stacked(*charts: Image.Image) -> Image.Image:
+    """Charts one above the other, in one picture."""
+    image = Image.new("RGB", (WIDTH, sum(c.height for c in charts)), BACKGROUND)
+    y = 0
+    for chart in charts:
+        image.paste(chart, (0, y))
+        y += chart.height
     return image
 
 

@@ -44,6 +44,7 @@ from charts import bar_chart, save_chart
 from options import (
     COMFYUI_HELP,
     WORKDIR,
+    add_chart_flag,
     add_compile_flags,
     comfyui_path,
     compile_env,
@@ -51,7 +52,7 @@ from options import (
     fill_defaults,
     smoke_help,
 )
-from output import load_line, progress, ratio, save_json, table, write_stdout
+from output import load_line, machine_line, progress, ratio, save_json, table, write_stdout
 from pipelines import LAYOUTS, ensure_pipeline, layout_list, teacher_of
 from sampling import ATTENTIONS, DIFFUSERS_DTYPE, Budget, measure
 from workers import is_worker, run_worker, worker_main
@@ -89,8 +90,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--comfyui", help=COMFYUI_HELP)
     p.add_argument("--comfy-arg", action="append", default=[], metavar="ARG", help="extra ComfyUI flag (repeatable)")
     p.add_argument("--timeout", type=float, default=7200, help="seconds per worker process (default: %(default)s)")
-    p.add_argument("--chart", type=Path, metavar="RESULTS_JSON",
-                   help="draw the chart of an earlier run from its raw results, beside them, and stop")
+    add_chart_flag(p)
     args = fill_defaults(p.parse_args(argv), FULL, SMOKE)
     # what the shared sampling worker reads besides (sampling.measure)
     args.device, args.decode, args.title = "cpu", True, "BK-SDM txt2img benchmark (CPU)"
@@ -176,7 +176,7 @@ def chart(rows: list[dict], header: str, size: int, steps: int):
 
     batch = min(r["batch"] for r in rows)
     shown = sorted((r for r in rows if r["batch"] == batch and "error" not in r), key=order)
-    machine = next((line[2:] for line in header.splitlines() if line.startswith("- machine:")), "")
+    machine = machine_line(header)
     return bar_chart(f"Seconds per {size}x{size} image: text encode, {steps} steps, decode (lower is faster)", "s",
                      list(dict.fromkeys(r["model"] for r in rows)), list(dict.fromkeys(series(r) for r in shown)),
                      {(r["model"], series(r)): per_image(r) for r in shown}, note=machine)

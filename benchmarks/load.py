@@ -22,6 +22,7 @@ file-backed RSS and which weight files get memory-mapped (the bytes read).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -29,9 +30,21 @@ import tempfile
 import time
 from pathlib import Path
 
+from charts import bar_chart, save_chart, stacked
 from memory import Measured, measure_call, proc_status, tensor_bytes, touch_weights
-from options import COMFYUI_HELP, WORKDIR, comfyui_path, csv_list, fill_defaults, smoke_help
-from output import load_line, machine_header, median, progress, ratio, save_json, table, verdict, write_stdout
+from options import COMFYUI_HELP, WORKDIR, add_chart_flag, comfyui_path, csv_list, fill_defaults, smoke_help
+from output import (
+    load_line,
+    machine_header,
+    machine_line,
+    median,
+    progress,
+    ratio,
+    save_json,
+    table,
+    verdict,
+    write_stdout,
+)
 from pipelines import LAYOUTS, WEIGHT_FILES, diffusers_dtype, ensure_pipeline, layout_list, set_page_cache, weight_files
 from workers import is_worker, run_worker, worker_main
 
@@ -134,6 +147,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--comfy-arg", action="append", default=[], metavar="ARG",
                    help="extra ComfyUI flag for the pack's process, e.g. --comfy-arg=--fp32-text-enc")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per worker process (default: %(default)s)")
+    add_chart_flag(p)
     return fill_defaults(p.parse_args(argv), FULL, SMOKE)
 
 
@@ -142,6 +156,11 @@ log = progress("load")
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.chart:
+        saved = json.loads(args.chart.read_text())
+        summary = {tuple(key.split(" ")): value for key, value in saved["summary"].items()}
+        log(f"chart: {save_chart(chart(summary, saved['header']), args.chart.with_suffix('.png'))}")
+        return 0
     if args.workdir is not None or not args.smoke:
         return run(args, (args.workdir or WORKDIR).resolve())
     workdir = Path(tempfile.mkdtemp(prefix="bksdm-load-smoke-")).resolve()  # its logs and results stay
@@ -184,11 +203,26 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
 
     summary = summarize(runs)
     header += load_line("at end") + "\n"
-    save_json(workdir / "results" / f"load-{stamp}.json", {"header": header, "runs": {
+    results = workdir / "results" / f"load-{stamp}.json"
+    save_json(results, {"header": header, "runs": {
         " ".join(k): v for k, v in runs.items()}, "summary": {" ".join(k): v for k, v in summary.items()}})
+    drawn = save_chart(chart(summary, header), results.with_suffix(".png"))
     write_stdout(header + "\n" + report(summary, layouts, dtypes, loaders)
-                 + f"\nraw results: {workdir / 'results' / f'load-{stamp}.json'}\n")
+                 + f"\nchart: {drawn}\nraw results: {results}\n")
     return 0
+
+
+def chart(summary: dict[tuple, dict], header: str):
+    """Load time and peak memory increase by layout and dtype, one bar per loader."""
+    groups = list(dict.fromkeys(f"{layout} {dtype}" for layout, dtype, _ in summary))
+    loaders = list(dict.fromkeys(loader for *_, loader in summary))
+    machine = machine_line(header)
+    return stacked(
+        bar_chart("Loading a pipeline folder, seconds (lower is faster)", "s", groups, loaders,
+                  {(f"{layout} {dtype}", loader): s["seconds"] for (layout, dtype, loader), s in summary.items()}),
+        bar_chart("Peak memory increase while loading, MB (lower is leaner)", "MB", groups, loaders,
+                  {(f"{layout} {dtype}", loader): s["peak_increase"] / MB
+                   for (layout, dtype, loader), s in summary.items()}, note=machine))
 
 
 def summarize(runs: dict[tuple, list[dict]]) -> dict[tuple, dict]:

@@ -61,3 +61,8 @@ def compile_env(args: argparse.Namespace, workdir: Path, stamp: str) -> dict | N
     if args.compile and args.inductor_cache == "cold":
         return {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(workdir / "inductor-cache" / stamp)}
     return None
+
+
+def add_chart_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--chart", type=Path, metavar="RESULTS_JSON",
+                   help="draw the chart of an earlier run from its raw results, beside them, and stop")

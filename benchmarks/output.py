@@ -133,6 +133,11 @@ def git_describe(path: Path) -> str | None:
         return None
 
 
+def machine_line(header: str) -> str:
+    """The machine a header describes (its ``- machine:`` line, without the dash), for a chart's note."""
+    return next((line[2:] for line in header.splitlines() if line.startswith("- machine:")), "")
+
+
 def machine_header(title: str, comfy_path: Path | None, extra: dict[str, str] | None = None,
                    packages: Sequence[str] = ("torch", "diffusers", "transformers", "safetensors", "accelerate",
                                               "numpy")) -> str:

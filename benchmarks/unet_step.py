@@ -39,12 +39,13 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from charts import bar_chart, save_chart
+from charts import bar_chart, save_chart, stacked
 from comfy_model import compute_dtype, model_attention, torch_compiled, with_comfyui_attention
 from memory import measure_call
 from options import (
     COMFYUI_HELP,
     WORKDIR,
+    add_chart_flag,
     add_compile_flags,
     comfyui_path,
     compile_env,
@@ -52,7 +53,7 @@ from options import (
     fill_defaults,
     smoke_help,
 )
-from output import load_line, machine_header, median, progress, ratio, save_json, table, write_stdout
+from output import load_line, machine_header, machine_line, median, progress, ratio, save_json, table, write_stdout
 from pipelines import LAYOUTS, layout_list, teacher_of
 from sampling import DIFFUSERS_DTYPE
 from workers import is_worker, run_worker, worker_main
@@ -218,8 +219,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, default=WORKDIR, help="logs and JSON results (default: %(default)s)")
     p.add_argument("--comfyui", help=COMFYUI_HELP)
     p.add_argument("--timeout", type=float, default=3600, help="seconds per worker process (default: %(default)s)")
-    p.add_argument("--chart", type=Path, metavar="RESULTS_JSON",
-                   help="draw the chart of an earlier run from its raw results, beside them, and stop")
+    add_chart_flag(p)
     return fill_defaults(p.parse_args(argv), FULL, SMOKE)
 
 
@@ -294,10 +294,18 @@ def chart(results: dict[Cell, dict], header: str):
     groups = list(dict.fromkeys(g for g, _ in values))
     series = sorted(dict.fromkeys(s for _, s in values), key=lambda s: (s.startswith("diffusers"), "compiled" in s,
                                                                         DTYPES.index(s.rsplit(" ", 1)[1])))
-    machine = next((line[2:] for line in header.splitlines() if line.startswith("- machine:")), "")
+    machine = machine_line(header)
     batch = ", ".join(sorted({str(c.batch) for c in results}))
-    return bar_chart(f"Milliseconds per U-Net step, batch {batch} (lower is faster)", "ms", groups, series, values,
+    time = bar_chart(f"Milliseconds per U-Net step, batch {batch} (lower is faster)", "ms", groups, series, values,
                      note=machine)
+    if len({(c.size, c.batch) for c in results}) == 1:
+        return time
+    # Over sizes and batches: the memory one step takes over the loaded model, as the table's column.
+    memory = {(f"{c.layout} {c.size}x{c.size} b{c.batch}", f"{c.attention} attention {c.dtype}"):
+              r["comfy_step_peak_rss"] / 2**20 for c, r in results.items()}
+    return stacked(time, bar_chart("ComfyUI step peak RSS growth over the loaded model, MB (lower is leaner)", "MB",
+                                   list(dict.fromkeys(g for g, _ in memory)),
+                                   list(dict.fromkeys(s for _, s in memory)), memory))
 
 
 class Cell(NamedTuple):

@@ -72,6 +72,7 @@ def test_load_benchmark_smoke_loads_the_same_files_with_both_loaders():
     workdir = results.parents[1]
     summary = json.loads(results.read_text())["summary"]
     assert not (workdir / "diffusers").exists()
+    assert_charted(run, "load.py", bars=4)  # time and memory, each by the pack and by diffusers
     shutil.rmtree(workdir)
     assert set(summary) == {"sd1-tiny fp16 pack", "sd1-tiny fp16 diffusers"}
     fp16_files = {"unet/diffusion_pytorch_model.fp16.safetensors", "text_encoder/model.fp16.safetensors",
