@@ -20,14 +20,15 @@ image, then its VAE decode.
 
 s/image = (text encode + sampling call + decode) / images. Memory: the peak RSS growth of
 the first timed sampling call over the RSS just before it (the kernel's high-water mark,
-reset first), with the model loaded. bf16 rows compare their image with the same cell's fp32 image (same seed
-and noise): max abs difference in 8-bit levels and PSNR; with fp32 and bf16 of one layout,
-``side-by-side-<layout>.png`` (fp32 | bf16 | difference x8) is written beside the images.
-The ``default`` dtype is what the loader gives with ``weight_dtype = default`` (on a CPU with
-native bf16: a bf16 U-Net and VAE); diffusers has no row of its own for it, its default is fp32.
-With ``--compile``, the pack's MODEL also goes through ComfyUI's ``TorchCompileModel``
-(inductor) in the process of its eager run, and a second table sets the compiled calls, and
-the compile itself, against the eager ones.
+reset first), with the model loaded. bf16 rows compare their image with the same cell's
+fp32 image (same seed and noise): max abs difference in 8-bit levels and PSNR; with fp32 and
+bf16 of one layout, ``side-by-side-<layout>.png`` (fp32 | bf16 | difference x8) is written
+beside the images. The ``default`` dtype is what the loader gives with ``weight_dtype =
+default`` (on a CPU with native bf16: a bf16 U-Net and VAE); diffusers has no row of its own
+for it, its default is fp32. With ``--compile``, the pack's MODEL also goes through ComfyUI's
+``TorchCompileModel`` (inductor) in the process of its eager run, and a second table sets the
+compiled calls, and the compile itself, against the eager ones. A bar chart of seconds per
+image is drawn beside the raw results.
 The shared sampling code is ``sampling.py``; ComfyUI and diffusers draw their noise
 differently, so their images are not compared with each other.
 """
@@ -176,10 +177,9 @@ def chart(rows: list[dict], header: str, size: int, steps: int):
 
     batch = min(r["batch"] for r in rows)
     shown = sorted((r for r in rows if r["batch"] == batch and "error" not in r), key=order)
-    machine = machine_line(header)
     return bar_chart(f"Seconds per {size}x{size} image: text encode, {steps} steps, decode (lower is faster)", "s",
                      list(dict.fromkeys(r["model"] for r in rows)), list(dict.fromkeys(series(r) for r in shown)),
-                     {(r["model"], series(r)): per_image(r) for r in shown}, note=machine)
+                     {(r["model"], series(r)): per_image(r) for r in shown}, note=machine_line(header))
 
 
 # --------------------------------------------------------------------------- images

@@ -1,6 +1,6 @@
 """Command-line pieces the benchmark scripts share: the defaults of a full run or of a
-``--smoke`` run, comma-separated lists, the default workdir, the ComfyUI checkout and the
-compile flags."""
+``--smoke`` run, comma-separated lists, the default workdir, the ComfyUI checkout, and
+the compile and chart flags."""
 
 from __future__ import annotations
 

@@ -16,11 +16,11 @@ The two outputs are compared first, so the timings are of the same computation.
 
 The ComfyUI step gets the MODEL's own ``transformer_options``, as the sampler passes
 them (with the MODEL's wrappers merged in by the sampler's own ``prepare_model_patcher``),
-so it runs the attention and the teacher addressing the MODEL carries. Each layout runs in its own process, once
-per attention setting: ``pack`` is what the pack's loaders give on the CPU (PyTorch SDPA
-for this MODEL alone, ``nodes/cpu.py``), ``comfyui`` the same MODEL without that
-choice (ComfyUI's CPU default, sub-quadratic), and ``pytorch`` / ``split`` / ``quad``
-ComfyUI started with that attention flag (the pack then keeps ComfyUI's choice).
+so it runs the attention and the teacher addressing the MODEL carries. Each layout runs in
+its own process, once per attention setting: ``pack`` is what the pack's loaders give on
+the CPU (PyTorch SDPA for this MODEL alone, ``nodes/cpu.py``), ``comfyui`` the same MODEL
+without that choice (ComfyUI's CPU default, sub-quadratic), and ``pytorch`` / ``split`` /
+``quad`` ComfyUI started with that attention flag (the pack then keeps ComfyUI's choice).
 
 ``--dtypes default`` is the dtype the loaders' ``weight_dtype = default`` picks here (bf16 on a
 CPU with native bf16), timed against diffusers' default, fp32. ``--compile`` also times each
@@ -289,8 +289,8 @@ def chart(results: dict[Cell, dict], header: str):
         values[group, f"pack in ComfyUI{setting} {cell.dtype}"] = r["comfy_s"] * 1e3
         if "compiled_s" in r:
             values[group, f"pack in ComfyUI{setting}, compiled {cell.dtype}"] = r["compiled_s"] * 1e3
-        if cell.dtype in TORCH_DTYPES and cell.attention == next(iter(ATTENTION_FLAGS)):
-            values[group, f"diffusers {cell.dtype}"] = r["diffusers_s"] * 1e3
+        if cell.dtype in TORCH_DTYPES:  # diffusers ran in every cell of this dtype: its first time is drawn
+            values.setdefault((group, f"diffusers {cell.dtype}"), r["diffusers_s"] * 1e3)
     groups = list(dict.fromkeys(g for g, _ in values))
     series = sorted(dict.fromkeys(s for _, s in values), key=lambda s: (s.startswith("diffusers"), "compiled" in s,
                                                                         DTYPES.index(s.rsplit(" ", 1)[1])))
