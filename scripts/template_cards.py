@@ -30,6 +30,7 @@ BACKGROUND, PANEL, ACCENT, TEXT, MUTED_TEXT = "#17181f", "#262834", "#f2b84b", "
 
 # Node types every template has, and the preparation of its input picture: the card names the others.
 PLUMBING = {"CLIPTextEncode", "EmptyLatentImage", "VAEDecode", "SaveImage", "LoadImage", "Canny", *NOTES}
+MODEL_LOADERS = ("BKSDMPipelineLoader", "BKSDMUNetLoader")  # their first widget names the BK-SDM model
 # The names the node library shows, the same in every supported ComfyUI (tests/test_workflows.py
 # checks them against the running one).
 DISPLAY_NAMES = {
@@ -66,7 +67,7 @@ def note_heading(workflow: dict, path: Path) -> str:
 
 def model_label(workflow: dict) -> str:
     """The BK-SDM model the template loads and its family (BK-SDM's SD-2 variants are named v2)."""
-    loader = next(n for n in workflow["nodes"] if n["type"].startswith("BKSDM") and n["type"].endswith("Loader"))
+    loader = next(n for n in workflow["nodes"] if n["type"] in MODEL_LOADERS)
     model = loader["widgets_values"][0]
     return f"{model} · {'SD 2.x' if 'v2' in model else 'SD 1.x'}"
 

@@ -80,7 +80,7 @@ def test_every_model_file_is_listed_with_its_download_and_named_in_the_note(work
     notes = [n["widgets_values"][0] for n in data["nodes"] if n["type"] == "MarkdownNote"]
     assert len(notes) == 1 and notes[0].startswith("## ")
     note = notes[0]
-    loader = next(n for n in data["nodes"] if n["type"] in ("BKSDMPipelineLoader", "BKSDMUNetLoader"))
+    loader = next(n for n in data["nodes"] if n["type"] in load_card_script().MODEL_LOADERS)
     assert f"**{loader['widgets_values'][0]}**" in note and "Download BK-SDM Model" in note
     for node in data["nodes"]:
         files = [v for v in node.get("widgets_values") or [] if isinstance(v, str) and MODEL_FILE.search(v)]
