@@ -216,13 +216,15 @@ def chart(summary: dict[tuple, dict], header: str):
     """Load time and peak memory increase by layout and dtype, one bar per loader."""
     groups = list(dict.fromkeys(f"{layout} {dtype}" for layout, dtype, _ in summary))
     loaders = list(dict.fromkeys(loader for *_, loader in summary))
-    machine = machine_line(header)
+
+    def per_cell(measure):
+        return {(f"{layout} {dtype}", loader): measure(s) for (layout, dtype, loader), s in summary.items()}
+
     return stacked(
         bar_chart("Loading a pipeline folder, seconds (lower is faster)", "s", groups, loaders,
-                  {(f"{layout} {dtype}", loader): s["seconds"] for (layout, dtype, loader), s in summary.items()}),
+                  per_cell(lambda s: s["seconds"])),
         bar_chart("Peak memory increase while loading, MB (lower is leaner)", "MB", groups, loaders,
-                  {(f"{layout} {dtype}", loader): s["peak_increase"] / MB
-                   for (layout, dtype, loader), s in summary.items()}, note=machine))
+                  per_cell(lambda s: s["peak_increase"] / MB), note=machine_line(header)))
 
 
 def summarize(runs: dict[tuple, list[dict]]) -> dict[tuple, dict]:
