@@ -133,6 +133,11 @@ class Host:
 
     def load_node_pack(self, path: Path) -> None:
         """Load another custom node pack beside this one, as ComfyUI loads each folder of custom_nodes."""
+        # ComfyUI puts its comfy/ folder on sys.path before it loads custom_nodes, and packs rely on
+        # it (``import model_management``); at the end here, so that it shadows nothing.
+        comfy_folder = str(self.path / "comfy")
+        if comfy_folder not in sys.path:
+            sys.path.append(comfy_folder)
         if not asyncio.run(self.nodes.load_custom_node(str(path))):
             raise HostError(f"ComfyUI could not load the node pack {path}; see the log above")
 

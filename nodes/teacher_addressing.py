@@ -13,8 +13,8 @@ them on every U-Net call, through the one init map of ``bksdm.layout.addresses``
 - block and attention patches see teacher block numbers;
 - without a middle block, the bottom of the U-Net gets its own tensor (``separate_last_skip``).
 
-A second wrapper, around sampling, refuses the one control format that cannot be mapped
-(``refuse_unmapped_control``).
+A second wrapper, around sampling, refuses what cannot be mapped there (``RefuseUnmapped``):
+a Control-LoRA, and whole weights merged in under SD's tensor names.
 
 Nothing is registered in ComfyUI's model options: what the wrapper builds lives for one
 call, so a patch added, replaced or removed later is always seen as it is.
@@ -36,6 +36,8 @@ from ..bksdm.layout.controlnet import DEFAULT_ALIGNMENT, ControlRemap, skip_coun
 from ..bksdm.layout.unet_keys import MIDDLE
 from ..bksdm.layout.unet_spec import UNetSpec
 from ..bksdm.layout.variants import classify_layout
+from ..bksdm.layout.weight_keys import sd_named_misfits
+from .weight_patches import whole_weight_shapes
 
 log = logging.getLogger(__name__)
 
@@ -190,12 +192,26 @@ class TeacherAddressing:
                          kind, key, layout, student)
 
 
-def refuse_unmapped_control(executor, *args, **kwargs):
-    """Before sampling: ComfyUI builds a Control-LoRA's ControlNet from the MODEL's own U-Net
-    config and sets its SD-numbered weights into it by name, so on BK-SDM they would land on
-    other blocks (or fail deep inside ComfyUI). Say so instead."""
-    for name, conds in (getattr(executor.class_obj, "conds", None) or {}).items():
-        for cond in conds:
+class RefuseUnmapped:
+    """Before sampling, what the translation cannot carry stops with the pack's error instead of
+    landing on other blocks."""
+
+    def __init__(self, spec: UNetSpec):
+        self.spec = spec
+
+    def __call__(self, executor, *args, **kwargs):
+        guider = executor.class_obj
+        refuse_control_lora(getattr(guider, "conds", None) or {})
+        refuse_sd_named_weights(guider.model_patcher, self.spec)
+        return executor(*args, **kwargs)
+
+
+def refuse_control_lora(conds: dict) -> None:
+    """ComfyUI builds a Control-LoRA's ControlNet from the MODEL's own U-Net config and sets its
+    SD-numbered weights into it by name, so on BK-SDM they would land on other blocks (or fail
+    deep inside ComfyUI)."""
+    for name, cond_list in conds.items():
+        for cond in cond_list:
             control = cond.get("control")
             while control is not None:
                 if isinstance(control, comfy.controlnet.ControlLora):  # it carries no file name; the cond is known
@@ -208,13 +224,31 @@ def refuse_unmapped_control(executor, *args, **kwargs):
                         fix="in the node that loads it (Load ControlNet Model), pick the full SD ControlNet of the "
                         "same kind instead (its residuals are mapped), or one trained for BK-SDM")
                 control = getattr(control, "previous_controlnet", None)
-    return executor(*args, **kwargs)
+
+
+def refuse_sd_named_weights(model, spec: UNetSpec) -> None:
+    """Whole weights added under SD's tensor names (a stock merge with an SD model, a node that
+    applies an SD U-Net offset) would change other tensors of a BK U-Net than their names say;
+    the ones whose shapes show it are enough to know where they came from."""
+    misfits = sd_named_misfits(whole_weight_shapes(model), spec)
+    if not misfits:
+        return
+    key, found, own = misfits[0]
+    raise UnsupportedModelError(
+        path=None, expected="weight patches keyed by this BK-SDM U-Net's own tensor names (a merge of BK-SDM models "
+        "of one layout, a LoRA)",
+        found=f"{len({k for k, _, _ in misfits})} weight patch(es) keyed by SD's tensor names, each with SD's shape "
+        f"for its name (e.g. {key}: {list(found)}, on BK-SDM {classify_layout(spec)} {list(own)}): a merge with "
+        "an SD model by a stock merge node, or a node that applies SD U-Net weights by name (such as IC-Light); the "
+        "patches whose shapes happen to fit would change other tensors than their names say",
+        fix="merge SD models into BK-SDM with Merge SD Model into BK-SDM, which moves each SD tensor to the BK-SDM "
+        "tensor initialised from it; remove nodes that apply an SD U-Net's weights by name from this model's path")
 
 
 def set_teacher_addressing(model, spec: UNetSpec, alignment: str = DEFAULT_ALIGNMENT) -> None:
     """Install (or replace) the translation on a ModelPatcher, in place; the full SD U-Net needs none."""
     wrappers = {comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL: TeacherAddressing(spec, alignment),
-                comfy.patcher_extension.WrappersMP.OUTER_SAMPLE: refuse_unmapped_control}
+                comfy.patcher_extension.WrappersMP.OUTER_SAMPLE: RefuseUnmapped(spec)}
     for kind in wrappers:
         model.remove_wrappers_with_key(kind, WRAPPER_KEY)
     if classify_layout(spec) == "teacher":

@@ -21,11 +21,11 @@ TEACHER_ATTENTION = [("input", i) for i in (1, 2, 4, 5, 7, 8)] + [("middle", 0)]
     [("output", i) for i in range(3, 12)]
 
 
-def bk_model(pack, name, config=None):
+def bk_model(pack, name, config=None, seed=9):
     """A random BK U-Net as the pack's loaders return it (the translation installed)."""
     config = config or unet_config(name)
     spec = spec_from_diffusers_config(config, name)
-    state = convert_diffusers_unet(random_unet(config, seed=9).state_dict(), spec, name, name)
+    state = convert_diffusers_unet(random_unet(config, seed=seed).state_dict(), spec, name, name)
     model = pack("nodes.build").build_model(UNetWeights(spec, state, name), torch.float32, "epsilon")
     pack("nodes.teacher_addressing").set_teacher_addressing(model, spec)
     return model, spec

@@ -22,6 +22,7 @@ log = logging.getLogger("bksdm.thirdparty")
 PACKS = {
     "ComfyUI_IPAdapter_plus": ("https://github.com/cubiq/ComfyUI_IPAdapter_plus",
                                "9d076a3df0d2763cef5510ec5ab807f6632c39f5"),
+    "ComfyUI-IC-Light": ("https://github.com/kijai/ComfyUI-IC-Light", "22811d903af8a90100dccef1c4b579526649a6ab"),
 }
 
 

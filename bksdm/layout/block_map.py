@@ -7,8 +7,8 @@ Tiny drops the lowest-resolution level, so its up stages shift by one. The rule 
 reproduces the official map for Base, Small and Tiny of both families from the layouts
 alone; the tests hold it against the published tables.
 
-The map serves two features: moving a LoRA trained on the full SD U-Net onto a BK U-Net
-(rename its keys, drop the deltas of removed blocks), and feeding an SD ControlNet's 12
+The map serves moving weights keyed for the full SD U-Net onto a BK U-Net (a LoRA, a merge
+with an SD model: rename their keys, drop those of removed blocks), and feeding an SD ControlNet's 12
 skip residuals into the 8 (Base/Small) or 6 (Tiny) skips of a BK U-Net.
 """
 
@@ -19,7 +19,7 @@ from functools import cache
 from types import MappingProxyType
 
 from ..errors import UnsupportedModelError
-from .unet_keys import Block, unet_blocks
+from .unet_keys import Block, UNetTensor, unet_blocks
 from .unet_spec import UNetSpec
 from .variants import classify_layout, teacher_spec
 
@@ -91,6 +91,19 @@ def _block_map(student: UNetSpec, layout: str) -> BlockMap:
             raise AssertionError(f"{block.diffusers} and its teacher block {source.diffusers} differ in shape")
         diffusers[block.diffusers], ldm[block.ldm] = source.diffusers, source.ldm
     return BlockMap(layout, MappingProxyType(diffusers), MappingProxyType(ldm), teacher)
+
+
+@cache
+def teacher_tensor_homes(student: UNetSpec) -> tuple[tuple[UNetTensor, str | None], ...]:
+    """Every teacher tensor, with the LDM name of the student tensor initialised from it (None
+    where the student removed its block): what teacher-keyed weights (a LoRA, a merge) move by."""
+    mapping = block_map(student)
+    to_student = {teacher: own for own, teacher in mapping.ldm.items()}
+    homes = []
+    for block, tensors in unet_blocks(mapping.teacher):
+        home = to_student.get(block.ldm)
+        homes.extend((t, None if home is None else home + t.ldm[len(block.ldm):]) for t in tensors)
+    return tuple(homes)
 
 
 def skip_producers(spec: UNetSpec) -> list[str]:

@@ -22,8 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 
-from .block_map import block_map, require_known_layout
-from .unet_keys import unet_blocks
+from .block_map import require_known_layout, teacher_tensor_homes
 from .unet_spec import UNetSpec
 
 log = logging.getLogger(__name__)
@@ -48,16 +47,12 @@ def _identifiers(diffusers_module: str, ldm_module: str) -> list[str]:
 @cache
 def _teacher_modules(student: UNetSpec) -> dict[str, str | None]:
     """Every name a LoRA may use for a teacher module -> the student's LDM module, or None if removed."""
-    mapping = block_map(student)
-    to_student = {t: s for s, t in mapping.ldm.items()}
     table: dict[str, str | None] = {}
-    for block, tensors in unet_blocks(mapping.teacher):
-        student_block = to_student.get(block.ldm)
-        for t in tensors:
-            d_module, l_module = t.diffusers.rsplit(".", 1)[0], t.ldm.rsplit(".", 1)[0]
-            module = None if student_block is None else student_block + l_module[len(block.ldm):]
-            for name in _identifiers(d_module, l_module):
-                table[name] = module
+    for tensor, home in teacher_tensor_homes(student):
+        d_module, l_module = tensor.diffusers.rsplit(".", 1)[0], tensor.ldm.rsplit(".", 1)[0]
+        module = None if home is None else home.rsplit(".", 1)[0]
+        for name in _identifiers(d_module, l_module):
+            table[name] = module
     return table
 
 
