@@ -54,7 +54,7 @@ def _pack_nodes(comfy_server) -> dict:
 
 def test_every_node_is_in_the_node_library(page, comfy_server):
     nodes = _pack_nodes(comfy_server)
-    assert len(nodes) == 7
+    assert len(nodes) == 8
     page.locator("button:has-text('Nodes')").first.click()
     search = page.locator("input[placeholder*='Search']").first  # "Search Nodes..." (1.27), "Search..." (1.4x)
     search.fill("BK-SDM")
