@@ -14,10 +14,11 @@ them on every U-Net call, through the one init map of ``bksdm.layout.addresses``
 - without a middle block, the bottom of the U-Net gets its own tensor (``separate_last_skip``).
 
 A second wrapper, around sampling, refuses what cannot be mapped there (``RefuseUnmapped``):
-a Control-LoRA, and whole weights merged in under SD's tensor names.
+a Control-LoRA, and whole weights merged in under SD's tensor names; a callback before it,
+other packs that take SD's blocks by position from the U-Net object (``positional_packs``).
 
-Nothing is registered in ComfyUI's model options: what the wrapper builds lives for one
-call, so a patch added, replaced or removed later is always seen as it is.
+What the wrappers build lives for one call, so a patch added, replaced or removed later is
+always seen as it is.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from ..bksdm.layout.unet_keys import MIDDLE
 from ..bksdm.layout.unet_spec import UNetSpec
 from ..bksdm.layout.variants import classify_layout
 from ..bksdm.layout.weight_keys import sd_named_misfits
+from .positional_packs import RefusePositionalPacks
 from .weight_patches import whole_weight_shapes
 
 log = logging.getLogger(__name__)
@@ -246,12 +248,19 @@ def refuse_sd_named_weights(model, spec: UNetSpec) -> None:
 
 
 def set_teacher_addressing(model, spec: UNetSpec, alignment: str = DEFAULT_ALIGNMENT) -> None:
-    """Install (or replace) the translation on a ModelPatcher, in place; the full SD U-Net needs none."""
-    wrappers = {comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL: TeacherAddressing(spec, alignment),
-                comfy.patcher_extension.WrappersMP.OUTER_SAMPLE: RefuseUnmapped(spec)}
-    for kind in wrappers:
-        model.remove_wrappers_with_key(kind, WRAPPER_KEY)
+    """Install (or replace) the translation on a ModelPatcher, in place; the full SD U-Net needs none.
+
+    The sampling wrapper goes into the MODEL's options rather than beside the translation, since
+    ComfyUI-BrushNet replaces a MODEL's own outer-sample wrappers wholesale (``model.wrappers.update``)."""
+    diffusion_model = comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
+    outer_sample = comfy.patcher_extension.WrappersMP.OUTER_SAMPLE
+    before_wrappers = comfy.patcher_extension.CallbacksMP.ON_REGISTER_ALL_HOOK_PATCHES
+    model.remove_wrappers_with_key(diffusion_model, WRAPPER_KEY)
+    model.remove_callbacks_with_key(before_wrappers, WRAPPER_KEY)
+    options = model.model_options.setdefault("transformer_options", {})
+    options.get("wrappers", {}).get(outer_sample, {}).pop(WRAPPER_KEY, None)
     if classify_layout(spec) == "teacher":
         return
-    for kind, wrapper in wrappers.items():
-        model.add_wrapper_with_key(kind, WRAPPER_KEY, wrapper)
+    model.add_wrapper_with_key(diffusion_model, WRAPPER_KEY, TeacherAddressing(spec, alignment))
+    comfy.patcher_extension.add_wrapper_with_key(outer_sample, WRAPPER_KEY, RefuseUnmapped(spec), options)
+    model.add_callback_with_key(before_wrappers, WRAPPER_KEY, RefusePositionalPacks(classify_layout(spec)))

@@ -69,13 +69,21 @@ def host():
     return comfy_host.start(HOST_PATH, COMFY_ARGS)
 
 
+EXAMPLE_PACKS = ("ComfyUI_IPAdapter_plus",)  # the third-party packs example_workflows/ use
+
+
+def _pinned_pack(name: str) -> Path:
+    """Where the commit of a third-party pack pinned for the ComfyUI under test is unpacked."""
+    return thirdparty_packs.pack_path(name, thirdparty_packs.commit_for(name, comfy_host.comfyui_version(HOST_PATH)))
+
+
 @pytest.fixture(scope="session")
 def thirdparty(host):
     """Loads a pinned third-party node pack (``thirdparty.PACKS``) beside this one, once."""
     loaded = set()
 
     def load(name: str) -> Path:
-        path = thirdparty_packs.pack_path(name)
+        path = _pinned_pack(name)
         if not thirdparty_packs.is_node_pack(path):
             pytest.fail(f"{name} is not set up at {path}: run the suite with scripts/test.sh, which fetches it")
         if name not in loaded:
@@ -166,8 +174,8 @@ def comfy_server(host, diffusers_root, tmp_path_factory):
     base = tmp_path_factory.mktemp("comfy-base")
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / "ComfyUI-BK-SDM").symlink_to(REPO, target_is_directory=True)
-    for name in thirdparty_packs.PACKS:
-        (base / "custom_nodes" / name).symlink_to(thirdparty_packs.pack_path(name), target_is_directory=True)
+    for name in EXAMPLE_PACKS:
+        (base / "custom_nodes" / name).symlink_to(_pinned_pack(name), target_is_directory=True)
     (base / "models").mkdir()
     (base / "models" / "diffusers").symlink_to(diffusers_root, target_is_directory=True)
     port = _free_port()

@@ -114,17 +114,17 @@ def test_command_prints_the_path_or_fails_with_the_reason(cache, tmp_path, monke
 
 def test_third_party_packs_come_from_their_pinned_archive_once(cache, tmp_path, monkeypatch):
     name = next(iter(thirdparty.PACKS))
-    commit = thirdparty.PACKS[name][1]
+    (commit,) = thirdparty.commits(name)
     archives = tmp_path / "archives"
     archives.mkdir()
     with pytest.raises(provision.ProvisionError, match=f"has no {name}-{commit[:8]}.tar.gz"):
-        thirdparty.provision(name, str(archives))
+        thirdparty.provision(name, commit, str(archives))
     source = tmp_path / "src" / name
     source.mkdir(parents=True)
     (source / "__init__.py").write_text("NODE_CLASS_MAPPINGS = {}\n")
     with tarfile.open(archives / f"{name}-{commit[:8]}.tar.gz", "w:gz") as tar:
         tar.add(source, arcname=name)
-    path = thirdparty.provision(name, str(archives))
-    assert path == thirdparty.pack_path(name) and (path / "__init__.py").is_file()
+    path = thirdparty.provision(name, commit, str(archives))
+    assert path == thirdparty.pack_path(name, commit) and (path / "__init__.py").is_file()
     (archives / f"{name}-{commit[:8]}.tar.gz").unlink()
-    assert thirdparty.provision(name, str(archives)) == path  # fetched once: no archive needed again
+    assert thirdparty.provision(name, commit, str(archives)) == path  # fetched once: no archive needed again
