@@ -38,6 +38,12 @@ def _cond(seed=2):
 
 
 @pytest.fixture(scope="module")
+def sd15(pack):
+    """A random SD-1.5 U-Net as a MODEL, the reference each verdict is checked against."""
+    return bk_model(pack, TEACHER_CONFIGS["sd1"], seed=21)[0]
+
+
+@pytest.fixture(scope="module")
 def vae(pack):
     return pack("nodes.build").build_vae(random_vae(seed=12).state_dict())
 
@@ -86,14 +92,14 @@ def _brushnet(host, model, vae, brushnet_file):
 
 
 @pytest.mark.parametrize("name", V1_LAYOUTS)
-def test_brushnet_stops_before_sampling_with_the_pack_error(name, brushnet_file, vae, host, pack):
+def test_brushnet_stops_before_sampling_with_the_pack_error(name, brushnet_file, vae, sd15, host, pack):
     import nodes
     from cli.comfy_host import comfyui_version
 
     model, _ = bk_model(pack, name)
     if not BRUSHNET_RUNS_ON[comfyui_version(host.path)]:
         with pytest.raises(TypeError, match="pick_operations"):
-            _brushnet(host, bk_model(pack, TEACHER_CONFIGS["sd1"], seed=21)[0], vae, brushnet_file)
+            _brushnet(host, sd15, vae, brushnet_file)
         with pytest.raises(TypeError, match="pick_operations"):
             _brushnet(host, model, vae, brushnet_file)
         return
@@ -164,17 +170,23 @@ def _sizes_while_sampling(model, size):
 RAUNET_BLOCKS = {"v1_bk_base": (2, 5), "v1_bk_small": (2, 5), "v1_bk_tiny": (2, 3)}
 
 
-@pytest.mark.parametrize("name", V1_LAYOUTS)
-def test_raunet_reshapes_each_student_block_as_on_its_teacher_block(name, host, pack, thirdparty):
-    thirdparty("comfyui_jankhidiffusion")
-    size = 32
-    teacher, _ = bk_model(pack, TEACHER_CONFIGS["sd1"], seed=21)
-    on_teacher = _sizes_while_sampling(_raunet(host, teacher, 3, 8), size)
-    plain = _sizes_while_sampling(teacher, size)
-    assert on_teacher != plain  # RAU-Net reshapes the teacher at this size and time
+RAUNET_SIZE = 32  # latent side
 
+
+@pytest.fixture(scope="module")
+def raunet_on_sd15(sd15, host, thirdparty):
+    """Each SD-1.5 block's output size with RAU-Net (its SD-1.5 numbers) and without."""
+    thirdparty("comfyui_jankhidiffusion")
+    return (_sizes_while_sampling(_raunet(host, sd15, 3, 8), RAUNET_SIZE),
+            _sizes_while_sampling(sd15, RAUNET_SIZE))
+
+
+@pytest.mark.parametrize("name", V1_LAYOUTS)
+def test_raunet_reshapes_each_student_block_as_on_its_teacher_block(name, raunet_on_sd15, host, pack):
+    on_teacher, plain = raunet_on_sd15
+    assert on_teacher != plain  # RAU-Net reshapes the teacher at this size and time
     model, spec = bk_model(pack, name)
-    on_student = _sizes_while_sampling(_raunet(host, model, *RAUNET_BLOCKS[name]), size)
+    on_student = _sizes_while_sampling(_raunet(host, model, *RAUNET_BLOCKS[name]), RAUNET_SIZE)
     teacher_of = teacher_addresses(spec).teacher_of
     assert any(on_teacher[t] != plain[t] for t in teacher_of.values())  # blocks BK-SDM kept are reshaped
     assert on_student == {block: on_teacher[teacher_of[block]] for block in on_student}
@@ -192,27 +204,21 @@ def test_raunet_simple_node_names_the_block_it_cannot_use(host, pack, thirdparty
 
 
 @pytest.fixture(scope="module")
-def layer_model_file(host, pack, tmp_path_factory):
-    """layerdiffuse's SD-1.5 attention-sharing weights with their real keys and shapes: made by its
-    own module on an SD-1.5 U-Net."""
+def layerdiffuse(sd15, host, thirdparty, tmp_path_factory):
+    """layerdiffuse, loaded with its SD-1.5 attention-sharing weights in place: their real keys and
+    shapes, made by its own module on an SD-1.5 U-Net."""
     import folder_paths
+    from safetensors.torch import save_file
 
     root = tmp_path_factory.mktemp("layer_model")
     folder_paths.add_model_folder_path("layer_model", str(root))  # before the pack reads it at import
-    return root
+    sharing = _pack_module(thirdparty("ComfyUI-layerdiffuse"), "lib_layerdiffusion.attention_sharing")
+    weights = sharing.AttentionSharingPatcher(sd15.clone(), frames=1, use_control=False).state_dict()
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(root / "layer_sd15_transparent_attn.safetensors"))
 
 
 @pytest.mark.parametrize("name", V1_LAYOUTS)
-def test_layerdiffuse_fails_in_its_own_node_on_sd_module_paths(name, layer_model_file, host, pack, thirdparty):
-    from safetensors.torch import save_file
-
-    path = thirdparty("ComfyUI-layerdiffuse")
-    target = layer_model_file / "layer_sd15_transparent_attn.safetensors"
-    if not target.exists():
-        teacher, _ = bk_model(pack, TEACHER_CONFIGS["sd1"], seed=21)
-        sharing = _pack_module(path, "lib_layerdiffusion.attention_sharing")
-        weights = sharing.AttentionSharingPatcher(teacher.clone(), frames=1, use_control=False).state_dict()
-        save_file({k: v.contiguous() for k, v in weights.items()}, str(target))
+def test_layerdiffuse_fails_in_its_own_node_on_sd_module_paths(name, layerdiffuse, host, pack):
     model, _ = bk_model(pack, name)
     with pytest.raises(AttributeError, match="'TimestepEmbedSequential' object has no attribute '1'"):
         call_node(host, "LayeredDiffusionApply", model=model, config="SD15, Attention Injection, attn_sharing",
