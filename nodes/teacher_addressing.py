@@ -259,8 +259,9 @@ def set_teacher_addressing(model, spec: UNetSpec, alignment: str = DEFAULT_ALIGN
     model.remove_callbacks_with_key(before_wrappers, WRAPPER_KEY)
     options = model.model_options.setdefault("transformer_options", {})
     options.get("wrappers", {}).get(outer_sample, {}).pop(WRAPPER_KEY, None)
-    if classify_layout(spec) == "teacher":
+    layout = classify_layout(spec)
+    if layout == "teacher":
         return
     model.add_wrapper_with_key(diffusion_model, WRAPPER_KEY, TeacherAddressing(spec, alignment))
     comfy.patcher_extension.add_wrapper_with_key(outer_sample, WRAPPER_KEY, RefuseUnmapped(spec), options)
-    model.add_callback_with_key(before_wrappers, WRAPPER_KEY, RefusePositionalPacks(classify_layout(spec)))
+    model.add_callback_with_key(before_wrappers, WRAPPER_KEY, RefusePositionalPacks(layout))

@@ -16,7 +16,7 @@ import pytest
 import torch
 from factories import TEACHER_CONFIGS, random_vae
 from test_sd_weights import _sample
-from test_teacher_addressing import bk_model
+from test_teacher_addressing import bk_model, unet_blocks
 
 from bksdm.errors import UnsupportedModelError
 from bksdm.layout.addresses import teacher_addresses
@@ -130,18 +130,14 @@ def test_advanced_controlnet_reference_only_stops_before_sampling(name, vae, hos
     assert "Advanced-ControlNet's reference-only control in this run's conditioning" in raised.value.found
 
 
-def block_sizes(unet) -> dict:
+def block_sizes(unet) -> tuple[dict, list]:
     """Records the spatial size each block of a ComfyUI U-Net puts out, by its address (at its last
-    layer: ComfyUI runs a block's layers one by one, never the block as a module)."""
+    layer: ComfyUI runs a block's layers one by one, never the block as a module); and the hooks."""
     sizes, handles = {}, []
-    groups = [("input", list(unet.input_blocks)), ("output", list(unet.output_blocks))]
-    if unet.middle_block is not None:
-        groups.append(("middle", [unet.middle_block]))
-    for kind, blocks in groups:
-        for number, block in enumerate(blocks):
-            def record(module, args, out, address=(kind, number)):
-                sizes.setdefault(address, tuple(out.shape[-2:]))
-            handles.append(block[-1].register_forward_hook(record))
+    for address, block in unet_blocks(unet):
+        def record(module, args, out, address=address):
+            sizes.setdefault(address, tuple(out.shape[-2:]))
+        handles.append(block[-1].register_forward_hook(record))
     return sizes, handles
 
 

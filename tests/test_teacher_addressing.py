@@ -31,17 +31,23 @@ def bk_model(pack, name, config=None, seed=9):
     return model, spec
 
 
-def attention_modules(unet):
-    """(ComfyUI address, transformer block) for every attention block of a ComfyUI U-Net."""
-    from comfy.ldm.modules.attention import SpatialTransformer
-
+def unet_blocks(unet):
+    """(ComfyUI address, block) for every block of a ComfyUI U-Net, in the order it runs them."""
     groups = [("input", list(unet.input_blocks)), ("middle", [unet.middle_block] if unet.middle_block else []),
               ("output", list(unet.output_blocks))]
     for kind, blocks in groups:
         for number, block in enumerate(blocks):
-            for layer in block:
-                if isinstance(layer, SpatialTransformer):
-                    yield (kind, number), layer.transformer_blocks[0]
+            yield (kind, number), block
+
+
+def attention_modules(unet):
+    """(ComfyUI address, transformer block) for every attention block of a ComfyUI U-Net."""
+    from comfy.ldm.modules.attention import SpatialTransformer
+
+    for address, block in unet_blocks(unet):
+        for layer in block:
+            if isinstance(layer, SpatialTransformer):
+                yield address, layer.transformer_blocks[0]
 
 
 class Where:
