@@ -8,6 +8,7 @@ one the run stops before any test, saying how to get one; no test skips for want
 from __future__ import annotations
 
 import atexit
+import contextlib
 import shutil
 import sys
 import tempfile
@@ -106,6 +107,27 @@ def scratch(tmp_path):
     """A temporary folder deleted as soon as the test ends (for multi-gigabyte files)."""
     yield tmp_path
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _emptied_on_exit(folder: Path):
+    try:
+        yield folder
+    finally:
+        for entry in folder.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+
+
+@pytest.fixture(scope="session")
+def model_folder(tmp_path_factory):
+    """``with model_folder(name) as root:`` a temporary folder for model files, emptied when the
+    block ends: tmp_path_factory's folders last until the session ends, and the suite's random
+    models are gigabytes each (kept, they filled the disk). The folder itself stays: ComfyUI
+    checks every folder it has listed again (its modification time) on each later listing."""
+    return lambda name: _emptied_on_exit(tmp_path_factory.mktemp(name))
 
 
 @pytest.fixture(scope="session")

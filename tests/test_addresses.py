@@ -7,6 +7,9 @@ from bksdm.files.unet_config import spec_from_diffusers_config
 from bksdm.layout.addresses import attention_sites, teacher_addresses
 from bksdm.layout.variants import classify_layout
 
+# The pack's ComfyUI-free core: the same on every ComfyUI release (.ci/run runs it once).
+pytestmark = pytest.mark.newest_comfyui
+
 # ComfyUI block addresses, teacher -> student, transcribed from block-map.md's LDM columns.
 BASE_INPUT = {0: 0, 1: 1, 3: 2, 4: 3, 6: 4, 7: 5, 9: 6, 10: 7}
 BASE_OUTPUT = {0: 0, 2: 1, 3: 2, 5: 3, 6: 4, 8: 5, 9: 6, 11: 7}

@@ -9,6 +9,9 @@ from bksdm.layout.block_map import block_map, keeps_middle_residual, skip_alignm
 from bksdm.layout.controlnet import ControlRemap, skip_count
 from bksdm.layout.variants import classify_layout
 
+# The pack's ComfyUI-free core: the same on every ComfyUI release (.ci/run runs it once).
+pytestmark = pytest.mark.newest_comfyui
+
 STEM = {"time_embed": "time_embed", "input_blocks.0.0": "input_blocks.0.0", "out": "out"}
 
 

@@ -44,6 +44,10 @@ def _git_status() -> str:
 
 
 @pytest.mark.host
+# The README's command fetches the newest release. CI's leg on the older one builds that release's
+# environment from nothing with the same scripts/env.sh, and runs the main command's process there
+# (test_end_to_end.py): this test's venv, gigabytes and minutes, would prove nothing more.
+@pytest.mark.newest_comfyui
 def test_main_command_on_a_fresh_environment(sd1_pipeline, host, tmp_path):
     """The README's main command, from another folder, making its environment from nothing:
     ./out.png in the caller's folder, no test tool in the environment, the checkout unchanged."""

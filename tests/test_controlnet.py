@@ -90,21 +90,21 @@ def _graph(model_name, controls=(), alignment=None, size=128, patches=()):
 
 
 @pytest.fixture(scope="module")
-def control_files(random_pipeline, controlnets, tmp_path_factory, host):
+def control_files(random_pipeline, controlnets, model_folder, host):
     """Two random ControlNets and a random T2I-Adapter of the pipeline's family, in a ComfyUI controlnet folder."""
     import folder_paths
     from factories import random_t2i_adapter
     from safetensors.torch import save_file
 
     family = random_pipeline.family
-    root = tmp_path_factory.mktemp("controlnet")
-    folder_paths.add_model_folder_path("controlnet", str(root))
-    models = {f"sd-{family}-controlnet-a.safetensors": controlnets(family),
-              f"sd-{family}-controlnet-b.safetensors": random_controlnet(family, seed=6),
-              f"sd-{family}-t2i-adapter.safetensors": random_t2i_adapter(seed=7)}
-    for name, module in models.items():
-        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(root / name))
-    return list(models)
+    with model_folder("controlnet") as root:
+        folder_paths.add_model_folder_path("controlnet", str(root))
+        models = {f"sd-{family}-controlnet-a.safetensors": controlnets(family),
+                  f"sd-{family}-controlnet-b.safetensors": random_controlnet(family, seed=6),
+                  f"sd-{family}-t2i-adapter.safetensors": random_t2i_adapter(seed=7)}
+        for name, module in models.items():
+            save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(root / name))
+        yield list(models)
 
 
 def test_stock_control_nodes_work_without_an_extra_node(control_files, random_pipeline, host, caplog):

@@ -3,6 +3,7 @@ patches, tiled decode, and export through the stock Save Checkpoint node."""
 
 import logging
 import os
+import shutil
 
 import graphs
 import numpy as np
@@ -29,7 +30,8 @@ def second_unet(random_pipeline, diffusers_root):
     """Another U-Net of the pipeline's layout (other weights), as a bare U-Net folder."""
     name = f"unet-{random_pipeline.family}-second"
     write_unet_folder(diffusers_root / name, _unet_name(random_pipeline), seed=200)
-    return name
+    yield name
+    shutil.rmtree(diffusers_root / name)  # gigabytes, in the session's model folder
 
 
 def _run(host, prompt):
@@ -58,12 +60,20 @@ def test_model_patch_nodes_run_on_bk_sdm(node, random_pipeline, baseline, host):
         assert np.abs(image - baseline).max() > 0
 
 
-def test_attention_guidance_works_on_bk_base_with_the_unet_only_loader(sd1_pipeline, diffusers_root, host):
-    write_unet_folder(diffusers_root / "unet-sd1-base", "v1_bk_base", seed=300)
+@pytest.fixture
+def base_unet(diffusers_root):
+    """A BK-SDM Base U-Net as a bare U-Net folder."""
+    folder = diffusers_root / "unet-sd1-base"
+    write_unet_folder(folder, "v1_bk_base", seed=300)
+    yield folder.name
+    shutil.rmtree(folder)  # gigabytes, in the session's model folder
+
+
+def test_attention_guidance_works_on_bk_base_with_the_unet_only_loader(sd1_pipeline, base_unet, host):
     # SAG blurs by the middle block's attention map, which needs a few pixels at that level.
     prompt = graphs.txt2img(graphs.pipeline_loader(sd1_pipeline.path.name), size=256)
     prompt["unet"] = {"class_type": "BKSDMUNetLoader",
-                      "inputs": {"model_name": "unet-sd1-base", "weight_dtype": "fp32", "prediction": "auto"}}
+                      "inputs": {"model_name": base_unet, "weight_dtype": "fp32", "prediction": "auto"}}
     prompt["sample"]["inputs"]["model"] = ["unet", 0]
     plain = _run(host, prompt)
     for node, inputs in (("SelfAttentionGuidance", {"scale": 0.5, "blur_sigma": 2.0}),

@@ -202,17 +202,19 @@ def test_raunet_simple_node_fails_at_the_node_on_sd_numbers(host, pack, thirdpar
 
 
 @pytest.fixture(scope="module")
-def layerdiffuse(sd15, host, thirdparty, tmp_path_factory):
+def layerdiffuse(sd15, host, thirdparty, model_folder):
     """layerdiffuse, loaded with its SD-1.5 attention-sharing weights in place: their real keys and
     shapes, made by its own module on an SD-1.5 U-Net."""
     import folder_paths
     from safetensors.torch import save_file
 
-    root = tmp_path_factory.mktemp("layer_model")
-    folder_paths.add_model_folder_path("layer_model", str(root))  # before the pack reads it at import
-    sharing = _pack_module(thirdparty("ComfyUI-layerdiffuse"), "lib_layerdiffusion.attention_sharing")
-    weights = sharing.AttentionSharingPatcher(sd15.clone(), frames=1, use_control=False).state_dict()
-    save_file({k: v.contiguous() for k, v in weights.items()}, str(root / "layer_sd15_transparent_attn.safetensors"))
+    with model_folder("layer_model") as root:
+        folder_paths.add_model_folder_path("layer_model", str(root))  # before the pack reads it at import
+        sharing = _pack_module(thirdparty("ComfyUI-layerdiffuse"), "lib_layerdiffusion.attention_sharing")
+        weights = sharing.AttentionSharingPatcher(sd15.clone(), frames=1, use_control=False).state_dict()
+        save_file({k: v.contiguous() for k, v in weights.items()},
+                  str(root / "layer_sd15_transparent_attn.safetensors"))
+        yield
 
 
 @pytest.mark.parametrize("name", V1_LAYOUTS)

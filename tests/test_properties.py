@@ -8,6 +8,7 @@ and damaged tensor sets raise the pack's own error, never another exception.
 
 import copy
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -16,6 +17,8 @@ from bksdm.files.detect import detect_unet
 from bksdm.files.unet_config import spec_from_diffusers_config
 from bksdm.layout.unet_keys import unet_tensors
 
+# The pack's ComfyUI-free core: the same on every ComfyUI release (.ci/run runs it once).
+pytestmark = pytest.mark.newest_comfyui
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 

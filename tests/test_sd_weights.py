@@ -3,6 +3,8 @@ each SD tensor to the student tensor initialised from it; a stock merge with an 
 IC-Light's SD-1.5 offset (kijai/ComfyUI-IC-Light, pinned), stops before sampling with the
 pack's error instead of changing tensors other than their names say."""
 
+import itertools
+
 import pytest
 import torch
 from factories import TEACHER_CONFIGS, unet_config
@@ -46,8 +48,9 @@ def _node(host, name):
     return host.nodes.NODE_CLASS_MAPPINGS[name]
 
 
-@pytest.mark.parametrize("operation", sorted(OPERATIONS))
-@pytest.mark.parametrize("name", LAYOUTS)
+# Which tensor goes where is the layout's, what is made of it the operation's: each layout once,
+# with the operations in turn, covers both (a model of each layout, not twelve).
+@pytest.mark.parametrize(("name", "operation"), zip(LAYOUTS, itertools.cycle(sorted(OPERATIONS))))
 def test_the_merge_node_moves_each_sd_tensor_to_the_tensor_initialised_from_it(name, operation, teachers, host,
                                                                                pack, caplog):
     model, spec = bk_model(pack, name)
@@ -104,20 +107,20 @@ def test_the_merge_node_refuses_a_bk_sdm_model_as_the_sd_model(host, pack):
 
 
 @pytest.fixture(scope="module")
-def ic_light_offset(thirdparty, tmp_path_factory):
+def ic_light_offset(thirdparty, model_folder):
     """An IC-Light offset file with the real key names and shapes: its 8-channel first convolution
     and the tensors of two SD-1.5 blocks (a whole U-Net is 1.7 GB; two blocks show the same)."""
     import folder_paths
 
     thirdparty(IC_LIGHT)
-    root = tmp_path_factory.mktemp("unet")
-    folder_paths.add_model_folder_path("diffusion_models", str(root))
-    g = torch.Generator().manual_seed(8)
-    tensors = {t.ldm: torch.randn(t.shape, generator=g) * 0.01 for t in unet_tensors(SD1)
-               if t.ldm.startswith(("input_blocks.1.", "output_blocks.3."))}
-    tensors["input_blocks.0.0.weight"] = torch.randn(320, 8, 3, 3, generator=g) * 0.01
-    save_file(tensors, str(root / "iclight-random.safetensors"))
-    return "iclight-random.safetensors"
+    with model_folder("unet") as root:
+        folder_paths.add_model_folder_path("diffusion_models", str(root))
+        g = torch.Generator().manual_seed(8)
+        tensors = {t.ldm: torch.randn(t.shape, generator=g) * 0.01 for t in unet_tensors(SD1)
+                   if t.ldm.startswith(("input_blocks.1.", "output_blocks.3."))}
+        tensors["input_blocks.0.0.weight"] = torch.randn(320, 8, 3, 3, generator=g) * 0.01
+        save_file(tensors, str(root / "iclight-random.safetensors"))
+        yield "iclight-random.safetensors"
 
 
 @pytest.mark.parametrize("name", ["v1_bk_base", "v1_bk_small", "v1_bk_tiny"])

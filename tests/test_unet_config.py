@@ -12,6 +12,9 @@ from bksdm.layout.unet_keys import parameter_count, unet_blocks
 from bksdm.layout.unet_spec import NO_MIDDLE, spec_from_unet_config
 from bksdm.layout.variants import LAYOUTS, VARIANTS, classify_layout
 
+# The pack's ComfyUI-free core: the same on every ComfyUI release (.ci/run runs it once).
+pytestmark = pytest.mark.newest_comfyui
+
 # Facts from the BK-SDM paper / model cards (shared reference variants.md): exact U-Net sizes.
 TEACHER_PARAMS = {"sd1": 859_520_964, "sd2": 865_910_724}
 

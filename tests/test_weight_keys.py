@@ -13,6 +13,9 @@ from bksdm.layout.unet_keys import unet_tensors
 from bksdm.layout.variants import classify_layout, teacher_spec
 from bksdm.layout.weight_keys import PREFIX, sd_named_misfits, transfer_weights
 
+# The pack's ComfyUI-free core: the same on every ComfyUI release (.ci/run runs it once).
+pytestmark = pytest.mark.newest_comfyui
+
 # Teacher blocks with no student block (block-map.md), as LDM block prefixes.
 REMOVED = {
     "base": [f"input_blocks.{i}." for i in (2, 5, 8, 11)] + [f"output_blocks.{i}." for i in (1, 4, 7, 10)],
