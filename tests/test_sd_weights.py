@@ -49,7 +49,7 @@ def _node(host, name):
 
 
 # Which tensor goes where is the layout's, what is made of it the operation's: each layout once,
-# with the operations in turn, covers both (a model of each layout, not twelve).
+# with the operations in turn, covers both (four cases, not twelve).
 @pytest.mark.parametrize(("name", "operation"), zip(LAYOUTS, itertools.cycle(sorted(OPERATIONS))))
 def test_the_merge_node_moves_each_sd_tensor_to_the_tensor_initialised_from_it(name, operation, teachers, host,
                                                                                pack, caplog):
