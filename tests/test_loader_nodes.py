@@ -1,8 +1,6 @@
 """The three loader nodes in a real ComfyUI: what they return, which files they read,
 and single-file checkpoints (contiguous and gapped) giving the same model as the folder."""
 
-import shutil
-
 import pytest
 import torch
 from factories import gapped_checkpoint
@@ -96,21 +94,20 @@ def test_unet_loader_gives_the_pipelines_unet(loaded, random_pipeline, host):
 
 
 @pytest.fixture(scope="module")
-def checkpoints(loaded, random_pipeline, tmp_path_factory, host, pack):
+def checkpoints(loaded, random_pipeline, model_folder, host, pack):
     """The folder model saved by ComfyUI's own Save Checkpoint code, and the same file with the
     gapped numbering of diffusers' conversion script."""
     import comfy.sd
     import folder_paths
 
-    root = tmp_path_factory.mktemp("checkpoints")
-    folder_paths.add_model_folder_path("checkpoints", str(root))
-    family = random_pipeline.family
-    contiguous = root / f"{family}-contiguous.safetensors"
-    comfy.sd.save_checkpoint(str(contiguous), *loaded)
-    spec = pack("nodes.build").spec_of(loaded[0])
-    save_file(gapped_checkpoint(load_file(contiguous), spec), str(root / f"{family}-gapped.safetensors"))
-    yield contiguous.name, f"{family}-gapped.safetensors"
-    shutil.rmtree(root, ignore_errors=True)  # gigabytes
+    with model_folder("checkpoints") as root:
+        folder_paths.add_model_folder_path("checkpoints", str(root))
+        family = random_pipeline.family
+        contiguous = root / f"{family}-contiguous.safetensors"
+        comfy.sd.save_checkpoint(str(contiguous), *loaded)
+        spec = pack("nodes.build").spec_of(loaded[0])
+        save_file(gapped_checkpoint(load_file(contiguous), spec), str(root / f"{family}-gapped.safetensors"))
+        yield contiguous.name, f"{family}-gapped.safetensors"
 
 
 @pytest.mark.parametrize("which", [0, 1], ids=["contiguous", "gapped"])

@@ -49,7 +49,7 @@ def vae(pack):
 
 
 @pytest.fixture(scope="module")
-def brushnet_file(host, thirdparty, tmp_path_factory):
+def brushnet_file(host, thirdparty, model_folder):
     """A BrushNet SD-1.5 model file with the real keys and shapes (its own class, from its own config)."""
     import folder_paths
     from accelerate import init_empty_weights
@@ -61,12 +61,11 @@ def brushnet_file(host, thirdparty, tmp_path_factory):
         model = model_class.from_config(model_class.load_config(str(path / "brushnet" / "brushnet.json")))
     g = torch.Generator().manual_seed(6)
     tensors = {k: (torch.randn(v.shape, generator=g) * 0.02).half() for k, v in model.state_dict().items()}
-    root = tmp_path_factory.mktemp("inpaint")
-    save_file(tensors, str(root / "brushnet-random.safetensors"))
-    del tensors
-    folder_paths.add_model_folder_path("inpaint", str(root))
-    yield "brushnet-random.safetensors"
-    (root / "brushnet-random.safetensors").unlink()
+    with model_folder("inpaint") as root:
+        save_file(tensors, str(root / "brushnet-random.safetensors"))
+        del tensors
+        folder_paths.add_model_folder_path("inpaint", str(root))
+        yield "brushnet-random.safetensors"
 
 
 def _pack_module(path, name):
