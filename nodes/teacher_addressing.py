@@ -15,7 +15,9 @@ them on every U-Net call, through the one init map of ``bksdm.layout.addresses``
 
 A second wrapper, around sampling, refuses what cannot be mapped there (``RefuseUnmapped``):
 a Control-LoRA, and whole weights merged in under SD's tensor names; a callback before it,
-other packs that take SD's blocks by position from the U-Net object (``positional_packs``).
+other packs that take SD's blocks by position from the U-Net object (``positional_packs``), and
+gives AnimateDiff-Evolved's motion models the teacher's block sequence to place their modules
+in, checked once they are in (``animatediff``).
 
 What the wrappers build lives for one call, so a patch added, replaced or removed later is
 always seen as it is.
@@ -38,6 +40,7 @@ from ..bksdm.layout.unet_keys import MIDDLE
 from ..bksdm.layout.unet_spec import UNetSpec
 from ..bksdm.layout.variants import classify_layout
 from ..bksdm.layout.weight_keys import sd_named_misfits
+from .animatediff import PlaceMotionModules, check_placement
 from .positional_packs import RefusePositionalPacks
 from .weight_patches import whole_weight_shapes
 
@@ -255,8 +258,10 @@ def set_teacher_addressing(model, spec: UNetSpec, alignment: str = DEFAULT_ALIGN
     diffusion_model = comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
     outer_sample = comfy.patcher_extension.WrappersMP.OUTER_SAMPLE
     before_wrappers = comfy.patcher_extension.CallbacksMP.ON_REGISTER_ALL_HOOK_PATCHES
+    injected = comfy.patcher_extension.CallbacksMP.ON_INJECT_MODEL
     model.remove_wrappers_with_key(diffusion_model, WRAPPER_KEY)
     model.remove_callbacks_with_key(before_wrappers, WRAPPER_KEY)
+    model.remove_callbacks_with_key(injected, WRAPPER_KEY)
     options = model.model_options.setdefault("transformer_options", {})
     options.get("wrappers", {}).get(outer_sample, {}).pop(WRAPPER_KEY, None)
     layout = classify_layout(spec)
@@ -265,3 +270,5 @@ def set_teacher_addressing(model, spec: UNetSpec, alignment: str = DEFAULT_ALIGN
     model.add_wrapper_with_key(diffusion_model, WRAPPER_KEY, TeacherAddressing(spec, alignment))
     comfy.patcher_extension.add_wrapper_with_key(outer_sample, WRAPPER_KEY, RefuseUnmapped(spec), options)
     model.add_callback_with_key(before_wrappers, WRAPPER_KEY, RefusePositionalPacks(layout))
+    model.add_callback_with_key(before_wrappers, WRAPPER_KEY, PlaceMotionModules(spec))
+    model.add_callback_with_key(injected, WRAPPER_KEY, check_placement)

@@ -5,6 +5,8 @@ from factories import BK_CONFIGS, unet_config
 
 from bksdm.files.unet_config import spec_from_diffusers_config
 from bksdm.layout.addresses import attention_sites, teacher_addresses
+from bksdm.layout.motion_modules import motion_module_homes, teacher_block_sequence
+from bksdm.layout.unet_keys import unet_blocks
 from bksdm.layout.variants import classify_layout
 
 # The pack's ComfyUI-free core: the same on every ComfyUI release (.ci/run runs it once).
@@ -88,3 +90,32 @@ def test_a_custom_layout_keeps_every_address():
     assert not addresses.aligned
     assert addresses.student_block(("input", 4)) == ("input", 4)
     assert addresses.teacher_block(("output", 7)) == ("output", 7)
+
+
+# AnimateDiff's SD-1.5 motion modules by their place in a file: down level L's module I follows SD's
+# input block 1 + 3L + I, up level L's module I its output block 3L + I (the motion-module papers'
+# diffusers names, down_blocks.L.resnets.I / up_blocks.L.resnets.I, in ComfyUI's numbering).
+def teacher_block_of(place):
+    path, level, index = place
+    return {"down": ("input", 1 + 3 * level + index), "up": ("output", 3 * level + index), "mid": ("middle", 0)}[path]
+
+
+@pytest.mark.parametrize("name", BK_CONFIGS)
+def test_each_motion_module_runs_where_its_sd_block_lives_on(name):
+    spec, _ = _addresses(name)
+    homes = motion_module_homes(spec)
+    assert len(homes) == 8 + 12 + 1
+    assert homes == {place: official(classify_layout(spec)).get(teacher_block_of(place)) for place in homes}
+    # every student block with a res block runs exactly one module
+    res_blocks = {block.address for block, _ in unet_blocks(spec) if block.kind == "resnet"}
+    placed = [home for home in homes.values() if home is not None]
+    assert sorted(placed) == sorted(res_blocks)
+
+
+@pytest.mark.parametrize("name", BK_CONFIGS)
+def test_the_teacher_block_sequence_covers_the_teacher_once(name):
+    spec, _ = _addresses(name)
+    sequence = teacher_block_sequence(spec)
+    assert [t.address for t in sequence] == [("input", n) for n in range(12)] + [("middle", 0)] + \
+        [("output", n) for n in range(12)]
+    assert {t.address: t.student for t in sequence if t.student} == official(classify_layout(spec))

@@ -1,0 +1,190 @@
+"""AnimateDiff-Evolved on BK-SDM, in a real ComfyUI with its pinned commit for that release
+(tests/thirdparty.py): its own Gen1 and Gen2 nodes, unchanged, on the pack's MODELs, with random
+SD-1.5 motion-module files of the real names and shapes (random_models/motion_modules.py).
+
+Proven by what runs: each motion module runs in the student block initialised from its teacher
+block, at that block's width, and nowhere else; the modules of removed blocks never run; 16 frames
+through a sliding context window sample to finite frames that differ from the run without
+AnimateDiff; on an SD-1.5 MODEL the same motion model still places all of its modules as
+AnimateDiff-Evolved alone does; an AnimateDiff-Evolved that does not take the pack's walk stops
+with the pack's error.
+"""
+
+import functools
+
+import pytest
+import torch
+from factories import TEACHER_CONFIGS
+from test_positional_packs import call_node
+from test_teacher_addressing import bk_model, unet_blocks
+
+from bksdm.errors import UnsupportedModelError
+from bksdm.layout.motion_modules import motion_module_homes
+from random_models.motion_modules import KINDS, write_motion_module
+
+pytestmark = pytest.mark.host
+V1_LAYOUTS = ["v1_bk_base", "v1_bk_small", "v1_bk_tiny"]
+FRAMES, CONTEXT, OVERLAP = 16, 8, 4
+BLOCK_LISTS = {"down": "down_blocks", "up": "up_blocks", "mid": "mid_block"}
+
+
+@pytest.fixture(scope="module")
+def motion_files(host, thirdparty, model_folder):
+    """One random motion-module file per kind, where AnimateDiff-Evolved's loaders look."""
+    import folder_paths
+
+    thirdparty("ComfyUI-AnimateDiff-Evolved")
+    with model_folder("animatediff_models") as root:
+        names = {}
+        for seed, kind in enumerate(KINDS):
+            names[kind] = write_motion_module(root / f"random-{kind}.safetensors", kind, seed=30 + seed).name
+        folder_paths.add_model_folder_path("animatediff_models", str(root))
+        yield names
+
+
+@pytest.fixture(scope="module")
+def models(pack):
+    """The pack's MODEL per layout (and SD-1.5's), built once for the module."""
+    @functools.cache
+    def model(name):
+        if name == "sd15":
+            return bk_model(pack, TEACHER_CONFIGS["sd1"], seed=21)
+        return bk_model(pack, name)
+    return model
+
+
+def motion_modules(animatediff) -> dict:
+    """Each motion module of a loaded motion model, by its place in the file."""
+    found = {}
+    for path, attribute in BLOCK_LISTS.items():
+        blocks = getattr(animatediff, attribute)
+        if blocks is None:
+            continue
+        for level, block in enumerate([blocks] if path == "mid" else blocks):
+            for index, module in enumerate(block.motion_modules):
+                found[(path, level, index)] = module
+    return found
+
+
+def record_runs(model, animatediff) -> tuple[dict, list]:
+    """Hooks recording, for each motion module that runs, the U-Net block it ran in and its width."""
+    unet = model.model.diffusion_model
+    runs, handles = {}, []
+    for place, module in motion_modules(animatediff).items():
+        def record(module, args, place=place):
+            blocks = {address for address, block in unet_blocks(unet) if any(layer is module for layer in block)}
+            runs.setdefault(place, set()).update((address, args[0].shape[1]) for address in blocks or {None})
+        handles.append(module.register_forward_pre_hook(record))
+    return runs, handles
+
+
+def _gen2(host, model, motion_file, context: bool = True):
+    (motion,) = call_node(host, "ADE_LoadAnimateDiffModel", model_name=motion_file)
+    (m_models,) = call_node(host, "ADE_ApplyAnimateDiffModelSimple", motion_model=motion)
+    options = {}
+    if context:
+        (options["context_options"],) = call_node(host, "ADE_StandardUniformContextOptions", context_length=CONTEXT,
+                                                  context_stride=1, context_overlap=OVERLAP)
+    (animated,) = call_node(host, "ADE_UseEvolvedSampling", model=model, beta_schedule="autoselect",
+                            m_models=m_models, **options)
+    return animated, motion.model
+
+
+def _sample(model, seed=3):
+    import nodes
+
+    cond = [[torch.randn(1, 77, 768, generator=torch.Generator().manual_seed(2)), {}]]
+    latent = {"samples": torch.zeros(FRAMES, 4, 8, 8)}
+    return nodes.common_ksampler(model, seed, 1, 5.0, "euler", "normal", cond, cond, latent)[0]["samples"]
+
+
+def _expected(spec, animatediff) -> dict:
+    unet_width = {("down", lvl): c for lvl, c in enumerate((320, 640, 1280, 1280))}
+    unet_width |= {("up", lvl): c for lvl, c in enumerate((1280, 1280, 640, 320))} | {("mid", 0): 1280}
+    return {place: {(home, unet_width[place[:2]])} for place, home in motion_module_homes(spec).items()
+            if home is not None and place in motion_modules(animatediff)}
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("name", V1_LAYOUTS)
+def test_each_motion_module_runs_in_the_block_of_its_teacher_position(name, kind, motion_files, models, host):
+    model, spec = models(name)
+    animated, animatediff = _gen2(host, model, motion_files[kind])
+    runs, handles = record_runs(animated, animatediff)
+    try:
+        frames = _sample(animated)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert runs == _expected(spec, animatediff)  # and so no module of a removed block ran
+    assert ("mid", 0, 0) in motion_modules(animatediff) or kind == "v1"
+    assert frames.shape[0] == FRAMES and torch.isfinite(frames).all()
+    assert not torch.equal(frames, _sample(model))  # AnimateDiff changed the frames
+    assert (frames[1:] - frames[:1]).abs().flatten(1).amax(1).min() > 0  # no two frames alike to the first
+
+
+def test_gen1_loader_and_an_sd15_model_share_a_motion_model(motion_files, models, host):
+    """Gen1's one-node loader on BK-SDM; then the same file on an SD-1.5 MODEL, after the pack has
+    given its motion model the teacher-shaped walk: every module at its SD block, as without the pack."""
+    model, spec = models("v1_bk_small")
+    (animated,) = call_node(host, "ADE_AnimateDiffLoaderGen1", model=model, model_name=motion_files["v2"],
+                              beta_schedule="autoselect")
+    (animatediff,) = [m.model for m in animated.get_additional_models_with_key("ADE")]
+    runs, handles = record_runs(animated, animatediff)
+    try:
+        _sample(animated)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert runs == _expected(spec, animatediff)
+
+    sd15, sd15_spec = models("sd15")
+    (animated,) = call_node(host, "ADE_AnimateDiffLoaderGen1", model=sd15, model_name=motion_files["v2"],
+                              beta_schedule="autoselect")
+    (shared,) = [m.model for m in animated.get_additional_models_with_key("ADE")]
+    runs, handles = record_runs(animated, shared)
+    try:
+        _sample(animated)
+    finally:
+        for handle in handles:
+            handle.remove()
+    homes = motion_module_homes(sd15_spec)
+    assert len(homes) == 21 and None not in homes.values()
+    assert runs == _expected(sd15_spec, shared)
+
+
+def test_an_animatediff_without_the_walk_stops_before_sampling(motion_files, models, host):
+    """A release of AnimateDiff-Evolved whose motion model no longer takes the U-Net from
+    get_unet_func: the pack's error naming the tested commits, before AnimateDiff walks anything."""
+    model, _ = models("v1_bk_tiny")
+    animated, animatediff = _gen2(host, model, motion_files["v1"], context=False)
+    saved = animatediff.get_unet_func
+    del animatediff.get_unet_func
+    try:
+        with pytest.raises(UnsupportedModelError) as raised:
+            _sample(animated)
+    finally:
+        animatediff.get_unet_func = saved
+    assert "without it" in raised.value.found
+    assert "90fb1331" in raised.value.fix and "d8d163cd" in raised.value.fix
+
+
+def test_a_module_out_of_its_block_stops_the_run(motion_files, models, host, pack):
+    """The check after injection, on what an AnimateDiff-Evolved that walked otherwise would leave:
+    a motion module in another block of the student than its home."""
+    model, spec = models("v1_bk_base")
+    animated, animatediff = _gen2(host, model, motion_files["v1"], context=False)
+    pack("nodes.animatediff").place_motion_modules(animated, spec, set())
+    animated.inject_model()  # AnimateDiff-Evolved's injection, checked as it ends
+    unet = animated.model.diffusion_model
+    stray = motion_modules(animatediff)[("down", 0, 1)]  # SD's input block 2: BK-Base removed it
+    unet.input_blocks[2].append(stray)
+    try:
+        with pytest.raises(UnsupportedModelError) as raised:
+            pack("nodes.animatediff").check_placement(animated)
+    finally:
+        del unet.input_blocks[2][-1]
+        animated.eject_model()
+    assert not any("VanillaTemporalModule" in type(layer).__name__ for _, block in unet_blocks(unet) for layer in block)
+    assert "down 0.1 motion module out of the U-Net" in raised.value.expected
+    assert "('input', 2)" in raised.value.found
