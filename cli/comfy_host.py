@@ -151,6 +151,13 @@ class Host:
         inputs = cls.INPUT_TYPES()
         return {"input": inputs, "input_order": {k: list(v) for k, v in inputs.items()}}
 
+    def call(self, class_type: str, **inputs) -> tuple:
+        """A node's outputs, called as ComfyUI's executor calls it (V1 and V3 node APIs alike)."""
+        cls = self.nodes.NODE_CLASS_MAPPINGS[class_type]
+        if hasattr(cls, "define_schema"):
+            return tuple(cls.execute(**inputs).args)
+        return tuple(getattr(cls(), cls.FUNCTION)(**inputs))
+
     def run(self, prompt: dict) -> dict:
         """Validate and execute an API-format prompt; return its outputs by node id."""
         import execution

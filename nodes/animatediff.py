@@ -96,14 +96,28 @@ def motion_models(model) -> list:
 
 class PlaceMotionModules:
     """A ModelPatcher callback (ON_REGISTER_ALL_HOOK_PATCHES): once per sampling run, before
-    ComfyUI loads and so injects the MODEL, each motion model on it gets the teacher-shaped walk."""
+    ComfyUI loads and so injects the MODEL, each motion model on it takes the MODEL's compute
+    dtype and, on a BK-SDM layout, the teacher-shaped walk."""
 
     def __init__(self, spec: UNetSpec):
         self.spec = spec
         self._reported: set = set()
 
     def __call__(self, model, hooks, target_dict, model_options, registered):
-        place_motion_modules(model, self.spec, self._reported)
+        for motion in model.get_additional_models_with_key(ADE_KEY):
+            compute_like(motion, model)
+        if classify_layout(self.spec) != "teacher":
+            place_motion_modules(model, self.spec, self._reported)
+
+
+def compute_like(motion, model) -> None:
+    """A motion model in the dtype its MODEL computes in. AnimateDiff-Evolved builds one in
+    ComfyUI's global U-Net dtype (its Gen1 loader then casts it to its MODEL's), while the pack
+    computes a MODEL on a CPU with native bf16 in bf16 (nodes/cpu.py): the U-Net's activations
+    would meet fp32 weights inside the motion modules."""
+    dtype = model.get_model_object("manual_cast_dtype") or model.model.get_dtype()
+    if any(p.dtype != dtype for p in motion.model.parameters()):
+        motion.model.to(dtype)
 
 
 def place_motion_modules(model, spec: UNetSpec, reported: set) -> None:

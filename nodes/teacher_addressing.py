@@ -251,7 +251,8 @@ def refuse_sd_named_weights(model, spec: UNetSpec) -> None:
 
 
 def set_teacher_addressing(model, spec: UNetSpec, alignment: str = DEFAULT_ALIGNMENT) -> None:
-    """Install (or replace) the translation on a ModelPatcher, in place; the full SD U-Net needs none.
+    """Install (or replace) the translation on a ModelPatcher, in place; the full SD U-Net needs none
+    but the motion models' dtype.
 
     The sampling wrapper goes into the MODEL's options rather than beside the translation, since
     ComfyUI-BrushNet replaces a MODEL's own outer-sample wrappers wholesale (``model.wrappers.update``)."""
@@ -264,11 +265,11 @@ def set_teacher_addressing(model, spec: UNetSpec, alignment: str = DEFAULT_ALIGN
     model.remove_callbacks_with_key(injected, WRAPPER_KEY)
     options = model.model_options.setdefault("transformer_options", {})
     options.get("wrappers", {}).get(outer_sample, {}).pop(WRAPPER_KEY, None)
+    model.add_callback_with_key(before_wrappers, WRAPPER_KEY, PlaceMotionModules(spec))  # the teacher's too
     layout = classify_layout(spec)
     if layout == "teacher":
         return
     model.add_wrapper_with_key(diffusion_model, WRAPPER_KEY, TeacherAddressing(spec, alignment))
     comfy.patcher_extension.add_wrapper_with_key(outer_sample, WRAPPER_KEY, RefuseUnmapped(spec), options)
     model.add_callback_with_key(before_wrappers, WRAPPER_KEY, RefusePositionalPacks(layout))
-    model.add_callback_with_key(before_wrappers, WRAPPER_KEY, PlaceMotionModules(spec))
     model.add_callback_with_key(injected, WRAPPER_KEY, check_placement)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -29,7 +30,8 @@ QUALITY = 90
 BACKGROUND, PANEL, ACCENT, TEXT, MUTED_TEXT = "#17181f", "#262834", "#f2b84b", "#f4f4f6", "#a9abb8"
 
 # Node types every template has, and the preparation of its input picture: the card names the others.
-PLUMBING = {"CLIPTextEncode", "EmptyLatentImage", "VAEDecode", "SaveImage", "LoadImage", "Canny", *NOTES}
+PLUMBING = {"CLIPTextEncode", "EmptyLatentImage", "VAEDecode", "SaveImage", "SaveAnimatedWEBP", "LoadImage", "Canny",
+            *NOTES}
 MODEL_LOADERS = ("BKSDMPipelineLoader", "BKSDMUNetLoader")  # their first widget names the BK-SDM model
 # The names the node library shows, the same in every supported ComfyUI (tests/test_workflows.py
 # checks them against the running one).
@@ -45,7 +47,13 @@ DISPLAY_NAMES = {
     "IPAdapterModelLoader": "IPAdapter Model Loader",
     "CLIPVisionLoader": "Load CLIP Vision",
     "IPAdapterAdvanced": "IPAdapter Advanced",
+    "ADE_LoadAnimateDiffModel": "Load AnimateDiff Model 🎭🅐🅓②",
+    "ADE_ApplyAnimateDiffModelSimple": "Apply AnimateDiff Model 🎭🅐🅓②",
+    "ADE_StandardUniformContextOptions": "Context Options◆Standard Uniform 🎭🅐🅓",
+    "ADE_UseEvolvedSampling": "Use Evolved Sampling 🎭🅐🅓②",
 }
+# Symbols some packs put in their names (AnimateDiff-Evolved's emoji, ◆): the card's font has none.
+SYMBOLS = re.compile(r"\s*[^\x00-\u1fff]+\s*")
 
 
 log = logging.getLogger("template_cards")
@@ -105,10 +113,12 @@ def draw_card(workflow: dict, path: Path) -> Image.Image:
         draw.text((32, y), line, font=font(38, bold=True), fill=TEXT)
         y += 48
     y += 16
-    for name in key_nodes(workflow, path)[:6]:
+    for name in key_nodes(workflow, path):
+        if y + 44 > SIZE - 16:  # as many as the card holds, the first ones first
+            break
         draw.rounded_rectangle((32, y, SIZE - 32, y + 44), radius=10, fill=PANEL)
         draw.rectangle((32, y + 8, 37, y + 36), fill=ACCENT)
-        draw.text((52, y + 22), name, font=font(24), fill=TEXT, anchor="lm")
+        draw.text((52, y + 22), SYMBOLS.sub(" ", name).strip(), font=font(24), fill=TEXT, anchor="lm")
         y += 54
     return card
 

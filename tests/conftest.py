@@ -70,7 +70,8 @@ def host():
     return comfy_host.start(HOST_PATH, COMFY_ARGS)
 
 
-EXAMPLE_PACKS = ("ComfyUI_IPAdapter_plus",)  # the third-party packs example_workflows/ use
+# The third-party packs example_workflows/ use.
+EXAMPLE_PACKS = ("ComfyUI_IPAdapter_plus", "ComfyUI-AnimateDiff-Evolved")
 
 
 def _pinned_pack(name: str) -> Path:

@@ -7,15 +7,16 @@ block, at that block's width, and nowhere else; the modules of removed blocks ne
 through a sliding context window sample to finite frames that differ from the run without
 AnimateDiff; on an SD-1.5 MODEL the same motion model still places all of its modules as
 AnimateDiff-Evolved alone does; an AnimateDiff-Evolved that does not take the pack's walk stops
-with the pack's error.
+with the pack's error. Advanced-ControlNet's ControlNet control, what AnimateDiff workflows steer
+frames with, reaches BK-SDM as the stock node's does.
 """
 
 import functools
 
 import pytest
 import torch
-from factories import TEACHER_CONFIGS
-from test_positional_packs import call_node
+from factories import TEACHER_CONFIGS, random_controlnet
+from test_positional_packs import _cond
 from test_teacher_addressing import bk_model, unet_blocks
 
 from bksdm.errors import UnsupportedModelError
@@ -79,13 +80,13 @@ def record_runs(model, animatediff) -> tuple[dict, list]:
 
 
 def _gen2(host, model, motion_file, context: bool = True):
-    (motion,) = call_node(host, "ADE_LoadAnimateDiffModel", model_name=motion_file)
-    (m_models,) = call_node(host, "ADE_ApplyAnimateDiffModelSimple", motion_model=motion)
+    (motion,) = host.call("ADE_LoadAnimateDiffModel", model_name=motion_file)
+    (m_models,) = host.call("ADE_ApplyAnimateDiffModelSimple", motion_model=motion)
     options = {}
     if context:
-        (options["context_options"],) = call_node(host, "ADE_StandardUniformContextOptions", context_length=CONTEXT,
+        (options["context_options"],) = host.call("ADE_StandardUniformContextOptions", context_length=CONTEXT,
                                                   context_stride=1, context_overlap=OVERLAP)
-    (animated,) = call_node(host, "ADE_UseEvolvedSampling", model=model, beta_schedule="autoselect",
+    (animated,) = host.call("ADE_UseEvolvedSampling", model=model, beta_schedule="autoselect",
                             m_models=m_models, **options)
     return animated, motion.model
 
@@ -127,7 +128,7 @@ def test_gen1_loader_and_an_sd15_model_share_a_motion_model(motion_files, models
     """Gen1's one-node loader on BK-SDM; then the same file on an SD-1.5 MODEL, after the pack has
     given its motion model the teacher-shaped walk: every module at its SD block, as without the pack."""
     model, spec = models("v1_bk_small")
-    (animated,) = call_node(host, "ADE_AnimateDiffLoaderGen1", model=model, model_name=motion_files["v2"],
+    (animated,) = host.call("ADE_AnimateDiffLoaderGen1", model=model, model_name=motion_files["v2"],
                               beta_schedule="autoselect")
     (animatediff,) = [m.model for m in animated.get_additional_models_with_key("ADE")]
     runs, handles = record_runs(animated, animatediff)
@@ -139,7 +140,7 @@ def test_gen1_loader_and_an_sd15_model_share_a_motion_model(motion_files, models
     assert runs == _expected(spec, animatediff)
 
     sd15, sd15_spec = models("sd15")
-    (animated,) = call_node(host, "ADE_AnimateDiffLoaderGen1", model=sd15, model_name=motion_files["v2"],
+    (animated,) = host.call("ADE_AnimateDiffLoaderGen1", model=sd15, model_name=motion_files["v2"],
                               beta_schedule="autoselect")
     (shared,) = [m.model for m in animated.get_additional_models_with_key("ADE")]
     runs, handles = record_runs(animated, shared)
@@ -151,6 +152,19 @@ def test_gen1_loader_and_an_sd15_model_share_a_motion_model(motion_files, models
     homes = motion_module_homes(sd15_spec)
     assert len(homes) == 21 and None not in homes.values()
     assert runs == _expected(sd15_spec, shared)
+
+
+@pytest.mark.parametrize("name", ["v1_bk_tiny", "sd15"])
+def test_a_bf16_model_runs_its_motion_modules_in_the_dtype_it_computes_in(name, motion_files, host, pack):
+    """The pack computes a bf16 MODEL in bf16 on a CPU with native bf16 (nodes/cpu.py; elsewhere
+    ComfyUI casts it to fp32), where AnimateDiff-Evolved's Gen2 motion model is fp32 (ComfyUI's
+    global dtype on the CPU): each motion model follows its MODEL, on BK-SDM and SD alike."""
+    model, _ = bk_model(pack, TEACHER_CONFIGS["sd1"] if name == "sd15" else name, dtype=torch.bfloat16)
+    animated, animatediff = _gen2(host, model, motion_files["v2"], context=False)
+    frames = _sample(animated)
+    computed = model.get_model_object("manual_cast_dtype") or model.model.get_dtype()
+    assert {p.dtype for p in animatediff.parameters()} == {computed}
+    assert torch.isfinite(frames).all()
 
 
 def test_an_animatediff_without_the_walk_stops_before_sampling(motion_files, models, host):
@@ -188,3 +202,41 @@ def test_a_module_out_of_its_block_stops_the_run(motion_files, models, host, pac
     assert not any("VanillaTemporalModule" in type(layer).__name__ for _, block in unet_blocks(unet) for layer in block)
     assert "down 0.1 motion module out of the U-Net" in raised.value.expected
     assert "('input', 2)" in raised.value.found
+
+
+@pytest.fixture(scope="module")
+def controlnet_file(host, model_folder):
+    """A random SD-1.5 ControlNet file where both ControlNet loaders look."""
+    import folder_paths
+    from safetensors.torch import save_file
+
+    with model_folder("controlnet") as root:
+        state = {k: v.contiguous() for k, v in random_controlnet("sd1", seed=5).state_dict().items()}
+        save_file(state, str(root / "sd15-controlnet.safetensors"))
+        del state
+        folder_paths.add_model_folder_path("controlnet", str(root))
+        yield "sd15-controlnet.safetensors"
+
+
+@pytest.mark.parametrize("name", V1_LAYOUTS)
+def test_advanced_controlnet_control_lands_where_the_stock_nodes_does(name, controlnet_file, models, host,
+                                                                       thirdparty):
+    import nodes
+
+    thirdparty("ComfyUI-Advanced-ControlNet")
+    model, _ = models(name)
+    hint = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(8))
+    latent = {"samples": torch.zeros(2, 4, 8, 8)}
+    applied = dict(positive=_cond(), negative=_cond(3), image=hint, strength=1.0, start_percent=0.0,
+                   end_percent=1.0)
+    (stock,) = host.call("ControlNetLoader", control_net_name=controlnet_file)
+    (advanced,) = host.call("ACN_ControlNetLoaderAdvanced", cnet=controlnet_file)
+    samples = {}
+    for label, node, control_net in (("stock", "ControlNetApplyAdvanced", stock),
+                                     ("advanced", "ACN_AdvancedControlNetApply_v2", advanced)):
+        positive, negative = host.call(node, control_net=control_net, **applied)[:2]
+        samples[label] = nodes.common_ksampler(model, 4, 1, 5.0, "euler", "normal", positive, negative,
+                                               latent)[0]["samples"]
+    plain = nodes.common_ksampler(model, 4, 1, 5.0, "euler", "normal", _cond(), _cond(3), latent)[0]["samples"]
+    assert (samples["stock"] - plain).abs().max() > 1e-2  # the control does something...
+    torch.testing.assert_close(samples["advanced"], samples["stock"], rtol=0, atol=1e-5)  # ...the same through both

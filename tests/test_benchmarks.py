@@ -170,3 +170,14 @@ def test_cpu_txt2img_benchmark_smoke_compares_the_compiled_model_with_the_eager_
     assert compiled["finite"] and compiled["warmup_s"] > 0 and Path(compiled["image"]).is_file()
     assert re.search(r"^\| sd1-tiny +\| fp32 +\| 1 +\| [0-9.]+ +\| [0-9.]+ +\| [0-9.]+ +\| [0-9.-]+ +\| [0-9.]+ +\| "
                      r"([0-9.]+|never) +\|$", run.stdout.split("### TorchCompileModel (CPU)")[1], re.M), run.stdout
+
+
+def test_animatediff_benchmark_smoke_times_an_animation_through_animatediff_evolved(sampling_workdir, thirdparty):
+    path = thirdparty("ComfyUI-AnimateDiff-Evolved")
+    run = run_smoke("animatediff.py", "--workdir", str(sampling_workdir), "--animatediff-evolved", str(path))
+    (row,) = json.loads(raw_results(run).read_text())["rows"]
+    assert row["model"] == "sd1-tiny" and row["frames"] == 4 and row["finite"]
+    assert row["sampling_s"] > 0 and row["decode_s"] > 0
+    native = "bfloat16" if pack_import.pack_module("nodes.cpu").cpu_has_native_bf16() else "float32"
+    assert row["dtype"] == native  # the loader's default, which the motion modules follow
+    assert re.search(r"^\| sd1-tiny +\| " + native + r" +\| 4 +\|", run.stdout, re.M), run.stdout

@@ -25,14 +25,6 @@ pytestmark = pytest.mark.host
 V1_LAYOUTS = ["v1_bk_base", "v1_bk_small", "v1_bk_tiny"]
 
 
-def call_node(host, class_type: str, **inputs) -> tuple:
-    """A node's outputs, called as ComfyUI's executor calls it (V1 and V3 node APIs alike)."""
-    cls = host.nodes.NODE_CLASS_MAPPINGS[class_type]
-    if hasattr(cls, "define_schema"):
-        return tuple(cls.execute(**inputs).args)
-    return tuple(getattr(cls(), cls.FUNCTION)(**inputs))
-
-
 def _cond(seed=2):
     return [[torch.randn(1, 77, 768, generator=torch.Generator().manual_seed(seed)), {}]]
 
@@ -83,10 +75,10 @@ BRUSHNET_RUNS_ON = {"0.3.64": True, "0.33.0": False}
 
 def _brushnet(host, model, vae, brushnet_file):
     host.nodes.NODE_CLASS_MAPPINGS["BrushNetLoader"].INPUT_TYPES()  # lists the inpaint folder for the loader
-    (brushnet,) = call_node(host, "BrushNetLoader", brushnet=brushnet_file, dtype="float32")
+    (brushnet,) = host.call("BrushNetLoader", brushnet=brushnet_file, dtype="float32")
     image, mask = torch.rand(1, 64, 64, 3), torch.zeros(1, 64, 64)
     mask[:, 16:48, 16:48] = 1
-    return call_node(host, "BrushNet", model=model, vae=vae, image=image, mask=mask, brushnet=brushnet,
+    return host.call("BrushNet", model=model, vae=vae, image=image, mask=mask, brushnet=brushnet,
                      positive=_cond(), negative=_cond(3), scale=1.0, start_at=0, end_at=10000)
 
 
@@ -115,11 +107,11 @@ def test_advanced_controlnet_reference_only_stops_before_sampling(name, vae, hos
     thirdparty("ComfyUI-Advanced-ControlNet")
     model, _ = bk_model(pack, name)
     latent = {"samples": torch.zeros(1, 4, 8, 8)}
-    (reference,) = call_node(host, "ACN_ReferenceControlNet", reference_type="reference_attn",
+    (reference,) = host.call("ACN_ReferenceControlNet", reference_type="reference_attn",
                              style_fidelity=0.5, ref_weight=1.0)
-    (hint,) = call_node(host, "ACN_ReferencePreprocessor", image=torch.rand(1, 64, 64, 3), vae=vae,
+    (hint,) = host.call("ACN_ReferencePreprocessor", image=torch.rand(1, 64, 64, 3), vae=vae,
                         latent_size=latent)
-    positive, negative = call_node(host, "ACN_AdvancedControlNetApply_v2", positive=_cond(), negative=_cond(3),
+    positive, negative = host.call("ACN_AdvancedControlNetApply_v2", positive=_cond(), negative=_cond(3),
                                    control_net=reference, image=hint, strength=1.0, start_percent=0.0,
                                    end_percent=1.0)
     import nodes
@@ -196,7 +188,7 @@ def test_raunet_simple_node_fails_at_the_node_on_sd_numbers(host, pack, thirdpar
     model, _ = bk_model(pack, "v1_bk_small")
     with pytest.raises((ValueError, AttributeError), match=r"input 3 requires targeting an Downsample block but got "
                        r"block of type SpatialTransformer|'ModuleList' object has no attribute '8'"):
-        call_node(host, "ApplyRAUNetSimple", model=model, model_type="SD15", res_mode="high (1536-2048)",
+        host.call("ApplyRAUNetSimple", model=model, model_type="SD15", res_mode="high (1536-2048)",
                   upscale_mode="default", ca_upscale_mode="default")
 
 
@@ -220,5 +212,5 @@ def layerdiffuse(sd15, host, thirdparty, model_folder):
 def test_layerdiffuse_fails_in_its_own_node_on_sd_module_paths(name, layerdiffuse, host, pack):
     model, _ = bk_model(pack, name)
     with pytest.raises(AttributeError, match="'TimestepEmbedSequential' object has no attribute '1'"):
-        call_node(host, "LayeredDiffusionApply", model=model, config="SD15, Attention Injection, attn_sharing",
+        host.call("LayeredDiffusionApply", model=model, config="SD15, Attention Injection, attn_sharing",
                   weight=1.0)

@@ -21,12 +21,13 @@ TEACHER_ATTENTION = [("input", i) for i in (1, 2, 4, 5, 7, 8)] + [("middle", 0)]
     [("output", i) for i in range(3, 12)]
 
 
-def bk_model(pack, name, config=None, seed=9):
+def bk_model(pack, name, config=None, seed=9, dtype=torch.float32):
     """A random BK U-Net as the pack's loaders return it (the translation installed)."""
     config = config or unet_config(name)
     spec = spec_from_diffusers_config(config, name)
     state = convert_diffusers_unet(random_unet(config, seed=seed).state_dict(), spec, name, name)
-    model = pack("nodes.build").build_model(UNetWeights(spec, state, name), torch.float32, "epsilon")
+    state = {k: v.to(dtype) for k, v in state.items()}
+    model = pack("nodes.build").build_model(UNetWeights(spec, state, name), dtype, "epsilon")
     pack("nodes.teacher_addressing").set_teacher_addressing(model, spec)
     return model, spec
 
