@@ -8,7 +8,8 @@ the U-Net it walks (``AnimateDiffModel.get_unet_func``, its ``InitKwargs.GET_UNE
 hands it the teacher's block sequence, each position the student block initialised from it
 (``bksdm.layout.motion_modules``) or, where the student removed it, a throwaway list with the
 teacher block's kinds of layer, which takes that position's module out of the run. No node in
-the graph changes; nothing of AnimateDiff-Evolved is replaced but that function, per motion model.
+the graph changes; of AnimateDiff-Evolved only that function is replaced, per motion model, and
+a motion model is cast to the dtype its MODEL computes in.
 
 After ComfyUI injects a MODEL, every motion module is checked to sit in its home block, so a
 release of AnimateDiff-Evolved that walks otherwise stops with the pack's error rather than
@@ -30,11 +31,11 @@ from ..bksdm.layout.unet_spec import UNetSpec
 from ..bksdm.layout.variants import classify_layout
 from .build import spec_of
 
+log = logging.getLogger(__name__)
+
 # The ComfyUI layers a teacher block is made of, by the kind bksdm.layout names them: what
 # AnimateDiff-Evolved looks for in a block to decide whether a motion module goes there.
 LAYER_KINDS = {"resnet": ResBlock, "attention": SpatialTransformer, "downsampler": Downsample, "upsampler": Upsample}
-
-log = logging.getLogger(__name__)
 
 # ModelPatcherHelper.ADE: the key of AnimateDiff-Evolved's motion models among a MODEL's additional models.
 ADE_KEY = "ADE"
@@ -104,20 +105,20 @@ class PlaceMotionModules:
         self._reported: set = set()
 
     def __call__(self, model, hooks, target_dict, model_options, registered):
-        for motion in model.get_additional_models_with_key(ADE_KEY):
-            compute_like(motion, model)
+        for animatediff in motion_models(model):
+            compute_like(animatediff, model)
         if classify_layout(self.spec) != "teacher":
             place_motion_modules(model, self.spec, self._reported)
 
 
-def compute_like(motion, model) -> None:
+def compute_like(animatediff, model) -> None:
     """A motion model in the dtype its MODEL computes in. AnimateDiff-Evolved builds one in
     ComfyUI's global U-Net dtype (its Gen1 loader then casts it to its MODEL's), while the pack
     computes a MODEL on a CPU with native bf16 in bf16 (nodes/cpu.py): the U-Net's activations
     would meet fp32 weights inside the motion modules."""
     dtype = model.get_model_object("manual_cast_dtype") or model.model.get_dtype()
-    if any(p.dtype != dtype for p in motion.model.parameters()):
-        motion.model.to(dtype)
+    if any(p.dtype != dtype for p in animatediff.parameters()):
+        animatediff.to(dtype)
 
 
 def place_motion_modules(model, spec: UNetSpec, reported: set) -> None:
