@@ -121,37 +121,45 @@ def test_each_motion_module_runs_in_the_block_of_its_teacher_position(name, kind
     assert ("mid", 0, 0) in motion_modules(animatediff) or kind == "v1"
     assert frames.shape[0] == FRAMES and torch.isfinite(frames).all()
     assert not torch.equal(frames, _sample(model))  # AnimateDiff changed the frames
-    assert (frames[1:] - frames[:1]).abs().flatten(1).amax(1).min() > 0  # no two frames alike to the first
+    assert (frames[1:] - frames[:1]).abs().flatten(1).amax(1).min() > 0  # every frame differs from the first
 
 
-def test_gen1_loader_and_an_sd15_model_share_a_motion_model(motion_files, models, host):
-    """Gen1's one-node loader on BK-SDM; then the same file on an SD-1.5 MODEL, after the pack has
-    given its motion model the teacher-shaped walk: every module at its SD block, as without the pack."""
-    model, spec = models("v1_bk_small")
-    (animated,) = host.call("ADE_AnimateDiffLoaderGen1", model=model, model_name=motion_files["v2"],
-                              beta_schedule="autoselect")
-    (animatediff,) = [m.model for m in animated.get_additional_models_with_key("ADE")]
+def _runs(animated, animatediff) -> dict:
+    """What each motion module ran in while the MODEL samples once."""
     runs, handles = record_runs(animated, animatediff)
     try:
         _sample(animated)
     finally:
         for handle in handles:
             handle.remove()
-    assert runs == _expected(spec, animatediff)
+    return runs
 
-    sd15, sd15_spec = models("sd15")
-    (animated,) = host.call("ADE_AnimateDiffLoaderGen1", model=sd15, model_name=motion_files["v2"],
-                              beta_schedule="autoselect")
-    (shared,) = [m.model for m in animated.get_additional_models_with_key("ADE")]
-    runs, handles = record_runs(animated, shared)
-    try:
-        _sample(animated)
-    finally:
-        for handle in handles:
-            handle.remove()
+
+def test_gen1_loader_places_as_gen2(motion_files, models, host):
+    model, spec = models("v1_bk_small")
+    (animated,) = host.call("ADE_AnimateDiffLoaderGen1", model=model, model_name=motion_files["v2"],
+                            beta_schedule="autoselect")
+    (animatediff,) = [m.model for m in animated.get_additional_models_with_key("ADE")]
+    assert _runs(animated, animatediff) == _expected(spec, animatediff)
+
+
+def test_one_motion_model_on_bk_sdm_then_on_sd15(motion_files, models, host, pack):
+    """One loaded motion model applied to a BK-SDM MODEL and to an SD-1.5 one: after the pack gave
+    it the teacher-shaped walk, it still places every module at its SD block on SD-1.5, as
+    AnimateDiff-Evolved alone does, and again where the init map says on BK-SDM."""
+    (motion,) = host.call("ADE_LoadAnimateDiffModel", model_name=motion_files["v2"])
+
+    def animate(model):
+        (m_models,) = host.call("ADE_ApplyAnimateDiffModelSimple", motion_model=motion)
+        return host.call("ADE_UseEvolvedSampling", model=model, beta_schedule="autoselect", m_models=m_models)[0]
+
+    (tiny, tiny_spec), (sd15, sd15_spec) = models("v1_bk_tiny"), models("sd15")
+    assert _runs(animate(tiny), motion.model) == _expected(tiny_spec, motion.model)
+    assert isinstance(motion.model.get_unet_func, pack("nodes.animatediff").TeacherShapedWalk)
     homes = motion_module_homes(sd15_spec)
     assert len(homes) == 21 and None not in homes.values()
-    assert runs == _expected(sd15_spec, shared)
+    assert _runs(animate(sd15), motion.model) == _expected(sd15_spec, motion.model)
+    assert _runs(animate(tiny), motion.model) == _expected(tiny_spec, motion.model)
 
 
 @pytest.mark.parametrize("name", ["v1_bk_tiny", "sd15"])
