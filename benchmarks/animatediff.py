@@ -122,8 +122,8 @@ def main(argv=None) -> int:
                 "frames": args.frames, "steps": args.steps}
         result = run_worker(Path(__file__), spec, workdir / "logs" / f"animatediff-{stamp}-{lay.name}.log",
                             timeout=args.timeout)
-        header = header or result.pop("header")
-        result.pop("header", None)
+        worker_header = result.pop("header")  # the machine and versions, the same from every worker
+        header = header or worker_header
         rows.append(result)
     header += (f"- workload: {args.frames} frames at {args.size}x{args.size}, {args.steps} euler steps, CFG 7, "
                "one context window, the pack's default dtype\n") + load_line("at end") + "\n"

@@ -1,7 +1,8 @@
 """What a benchmark reads from, or changes on, a ComfyUI MODEL (a ``ModelPatcher``): the
 attention kernel it runs, the dtype it computes in, the same MODEL with ComfyUI's default
 CPU attention instead of the pack's choice, and the same MODEL through ComfyUI's
-TorchCompileModel node. Only ComfyUI's public patcher API and stock nodes are used."""
+TorchCompileModel node. Only ComfyUI's public patcher API, stock nodes and the pack's own reading
+of a MODEL (``nodes.build.compute_dtype``) are used."""
 
 from __future__ import annotations
 
@@ -26,9 +27,10 @@ def with_comfyui_attention(patcher):
 
 
 def compute_dtype(patcher) -> str:
-    """The dtype ComfyUI computes the MODEL's layers in: its cast dtype (as patched, e.g. by
-    ``set_model_compute_dtype``) when it has one, else its weights' dtype."""
-    return str(patcher.get_model_object("manual_cast_dtype") or patcher.model.get_dtype()).replace("torch.", "")
+    """The dtype ComfyUI computes the MODEL's layers in (the pack's ``nodes.build.compute_dtype``), by name."""
+    from pack_import import pack_module
+
+    return str(pack_module("nodes.build").compute_dtype(patcher)).replace("torch.", "")
 
 
 def torch_compiled(patcher):

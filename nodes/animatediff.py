@@ -29,7 +29,7 @@ from ..bksdm.layout.motion_modules import MotionModule, motion_module_homes, tea
 from ..bksdm.layout.unet_keys import MIDDLE
 from ..bksdm.layout.unet_spec import UNetSpec
 from ..bksdm.layout.variants import classify_layout
-from .build import spec_of
+from .build import compute_dtype, spec_of
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def compute_like(animatediff, model) -> None:
     ComfyUI's global U-Net dtype (its Gen1 loader then casts it to its MODEL's), while the pack
     computes a MODEL on a CPU with native bf16 in bf16 (nodes/cpu.py): the U-Net's activations
     would meet fp32 weights inside the motion modules."""
-    dtype = model.get_model_object("manual_cast_dtype") or model.model.get_dtype()
+    dtype = compute_dtype(model)
     if any(p.dtype != dtype for p in animatediff.parameters()):
         animatediff.to(dtype)
 

@@ -129,6 +129,13 @@ def set_reload(patcher, factory, *args) -> None:
         patcher.cached_patcher_init = (factory, args)
 
 
+def compute_dtype(patcher) -> torch.dtype:
+    """The dtype ComfyUI computes a MODEL's layers in, and so the dtype of the activations inside
+    its U-Net: its cast dtype (as patched, e.g. by ``set_model_compute_dtype``) when it has one,
+    else its weights' dtype."""
+    return patcher.get_model_object("manual_cast_dtype") or patcher.model.get_dtype()
+
+
 def spec_of(model) -> UNetSpec:
     """The U-Net spec of a MODEL: its ComfyUI config, and the family its model class stands for."""
     model_config = model.model.model_config

@@ -67,28 +67,39 @@ def motion_modules(animatediff) -> dict:
     return found
 
 
-def record_runs(model, animatediff) -> tuple[dict, list]:
-    """Hooks recording, for each motion module that runs, the U-Net block it ran in and its width."""
-    unet = model.model.diffusion_model
+def _runs(animated, animatediff) -> tuple[dict, torch.Tensor]:
+    """What each motion module ran in, and at what width, while the MODEL samples once; and the
+    frames it made. Hooks record the U-Net block holding the module as it runs."""
+    unet = animated.model.diffusion_model
     runs, handles = {}, []
     for place, module in motion_modules(animatediff).items():
         def record(module, args, place=place):
             blocks = {address for address, block in unet_blocks(unet) if any(layer is module for layer in block)}
             runs.setdefault(place, set()).update((address, args[0].shape[1]) for address in blocks or {None})
         handles.append(module.register_forward_pre_hook(record))
-    return runs, handles
+    try:
+        frames = _sample(animated)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return runs, frames
 
 
-def _gen2(host, model, motion_file, context: bool = True):
-    (motion,) = host.call("ADE_LoadAnimateDiffModel", model_name=motion_file)
+def _animate(host, model, motion, context: bool = True):
+    """A MODEL with a loaded motion model applied, as Apply AnimateDiff Model and Use Evolved
+    Sampling give it; with a sliding context window or not."""
     (m_models,) = host.call("ADE_ApplyAnimateDiffModelSimple", motion_model=motion)
     options = {}
     if context:
         (options["context_options"],) = host.call("ADE_StandardUniformContextOptions", context_length=CONTEXT,
                                                   context_stride=1, context_overlap=OVERLAP)
-    (animated,) = host.call("ADE_UseEvolvedSampling", model=model, beta_schedule="autoselect",
-                            m_models=m_models, **options)
-    return animated, motion.model
+    return host.call("ADE_UseEvolvedSampling", model=model, beta_schedule="autoselect", m_models=m_models,
+                     **options)[0]
+
+
+def _gen2(host, model, motion_file, context: bool = True):
+    (motion,) = host.call("ADE_LoadAnimateDiffModel", model_name=motion_file)
+    return _animate(host, model, motion, context), motion.model
 
 
 def _sample(model, seed=3):
@@ -111,12 +122,7 @@ def _expected(spec, animatediff) -> dict:
 def test_each_motion_module_runs_in_the_block_of_its_teacher_position(name, kind, motion_files, models, host):
     model, spec = models(name)
     animated, animatediff = _gen2(host, model, motion_files[kind])
-    runs, handles = record_runs(animated, animatediff)
-    try:
-        frames = _sample(animated)
-    finally:
-        for handle in handles:
-            handle.remove()
+    runs, frames = _runs(animated, animatediff)
     assert runs == _expected(spec, animatediff)  # and so no module of a removed block ran
     assert ("mid", 0, 0) in motion_modules(animatediff) or kind == "v1"
     assert frames.shape[0] == FRAMES and torch.isfinite(frames).all()
@@ -124,23 +130,12 @@ def test_each_motion_module_runs_in_the_block_of_its_teacher_position(name, kind
     assert (frames[1:] - frames[:1]).abs().flatten(1).amax(1).min() > 0  # every frame differs from the first
 
 
-def _runs(animated, animatediff) -> dict:
-    """What each motion module ran in while the MODEL samples once."""
-    runs, handles = record_runs(animated, animatediff)
-    try:
-        _sample(animated)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return runs
-
-
 def test_gen1_loader_places_as_gen2(motion_files, models, host):
     model, spec = models("v1_bk_small")
     (animated,) = host.call("ADE_AnimateDiffLoaderGen1", model=model, model_name=motion_files["v2"],
                             beta_schedule="autoselect")
     (animatediff,) = [m.model for m in animated.get_additional_models_with_key("ADE")]
-    assert _runs(animated, animatediff) == _expected(spec, animatediff)
+    assert _runs(animated, animatediff)[0] == _expected(spec, animatediff)
 
 
 def test_one_motion_model_on_bk_sdm_then_on_sd15(motion_files, models, host, pack):
@@ -150,16 +145,15 @@ def test_one_motion_model_on_bk_sdm_then_on_sd15(motion_files, models, host, pac
     (motion,) = host.call("ADE_LoadAnimateDiffModel", model_name=motion_files["v2"])
 
     def animate(model):
-        (m_models,) = host.call("ADE_ApplyAnimateDiffModelSimple", motion_model=motion)
-        return host.call("ADE_UseEvolvedSampling", model=model, beta_schedule="autoselect", m_models=m_models)[0]
+        return _animate(host, model, motion, context=False)
 
     (tiny, tiny_spec), (sd15, sd15_spec) = models("v1_bk_tiny"), models("sd15")
-    assert _runs(animate(tiny), motion.model) == _expected(tiny_spec, motion.model)
+    assert _runs(animate(tiny), motion.model)[0] == _expected(tiny_spec, motion.model)
     assert isinstance(motion.model.get_unet_func, pack("nodes.animatediff").TeacherShapedWalk)
     homes = motion_module_homes(sd15_spec)
     assert len(homes) == 21 and None not in homes.values()
-    assert _runs(animate(sd15), motion.model) == _expected(sd15_spec, motion.model)
-    assert _runs(animate(tiny), motion.model) == _expected(tiny_spec, motion.model)
+    assert _runs(animate(sd15), motion.model)[0] == _expected(sd15_spec, motion.model)
+    assert _runs(animate(tiny), motion.model)[0] == _expected(tiny_spec, motion.model)
 
 
 @pytest.mark.parametrize("name", ["v1_bk_tiny", "sd15"])
