@@ -9,7 +9,8 @@ hands it the teacher's block sequence, each position the student block initialis
 (``bksdm.layout.motion_modules``) or, where the student removed it, a throwaway list with the
 teacher block's kinds of layer, which takes that position's module out of the run. No node in
 the graph changes; of AnimateDiff-Evolved only that function is replaced, per motion model, and
-a motion model is cast to the dtype its MODEL computes in.
+a motion model is cast to the dtype its MODEL computes in. AnimateLCM-I2V, whose reference image
+enters through modules of blocks BK-SDM removed, is refused rather than run without its image.
 
 After ComfyUI injects a MODEL, every motion module is checked to sit in its home block, so a
 release of AnimateDiff-Evolved that walks otherwise stops with the pack's error rather than
@@ -43,6 +44,7 @@ TESTED = "90fb1331 (2025-08-05) and d8d163cd (2026-03-29)"  # the pinned commits
 UPDATE = (f"use AnimateDiff-Evolved at a commit this pack was tested with ({TESTED}), or a release of this pack "
           "tested with yours; if yours is the newest, please report it to the pack")
 BLOCK_LISTS = {"down": "down_blocks", "up": "up_blocks", "mid": "mid_block"}
+I2V_MODULE_INDEX = 1  # the encoder modules AnimateLCM-I2V's image features enter by
 
 
 class TeacherShapedUNet:
@@ -130,6 +132,8 @@ def place_motion_modules(model, spec: UNetSpec, reported: set) -> None:
                 "places each SD motion module",
                 found="AnimateDiff motion modules on a U-Net of a custom layout, for which no map says where SD's "
                 "modules belong", fix="use AnimateDiff with a BK-SDM Base, Small or Tiny model")
+        if getattr(animatediff, "img_encoder", None) is not None:
+            _refuse_lost_image_features(spec, layout)
         if not hasattr(animatediff, "get_unet_func"):
             raise UnsupportedModelError(
                 path=None, expected=f"AnimateDiff-Evolved's motion model to take the U-Net to walk from its "
@@ -139,6 +143,21 @@ def place_motion_modules(model, spec: UNetSpec, reported: set) -> None:
         if not isinstance(animatediff.get_unet_func, TeacherShapedWalk):
             animatediff.get_unet_func = TeacherShapedWalk(animatediff.get_unet_func)
         _report_unplaced(animatediff, spec, layout, reported)
+
+
+def _refuse_lost_image_features(spec: UNetSpec, layout: str) -> None:
+    """AnimateLCM-I2V adds its reference image's features in one module per SD encoder level, the
+    one after the level's second res block (``VanillaTemporalModule.should_handle_img_features``).
+    Where BK-SDM removed that block, the module does not run and the image would be ignored."""
+    lost = [f"down {level}.{index}" for (path, level, index), home in motion_module_homes(spec).items()
+            if path == "down" and index == I2V_MODULE_INDEX and home is None]
+    if lost:
+        raise UnsupportedModelError(
+            path=None, expected="a motion model whose every contribution runs on BK-SDM "
+            f"{layout}", found=f"AnimateLCM-I2V's image encoder, whose reference image enters through the "
+            f"{', '.join(lost)} motion modules: BK-SDM {layout} removed their SD blocks, so the image would "
+            "be ignored", fix="use AnimateLCM-I2V with an SD-1.5 model; on BK-SDM, the AnimateLCM text-to-video "
+            "motion model (Load AnimateDiff Model), with IP-Adapter for a reference image")
 
 
 def _report_unplaced(animatediff, spec: UNetSpec, layout: str, reported: set) -> None:

@@ -65,15 +65,17 @@ def gapped_checkpoint(checkpoint: dict, spec) -> dict:
     return {LDM_PREFIX + script_name(to_diffusers[k]) if k in to_diffusers else k: v for k, v in checkpoint.items()}
 
 
-def random_controlnet(family: str, seed: int = 3):
-    """An SD-1.x- or SD-2.x-shaped ControlNet (the teacher's layout), every tensor random."""
+def random_controlnet(family: str, seed: int = 3, conditioning_channels: int = 3):
+    """An SD-1.x- or SD-2.x-shaped ControlNet (the teacher's layout), every tensor random; a hint of
+    ``conditioning_channels`` (SparseCtrl's sketch model takes an image and its mask: 4)."""
     from diffusers import ControlNetModel
 
     teacher = unet_config(TEACHER_CONFIGS[family])
     keys = ("attention_head_dim", "block_out_channels", "cross_attention_dim", "down_block_types", "layers_per_block",
             "use_linear_projection", "in_channels", "upcast_attention")
     with torch.device("meta"):
-        model = ControlNetModel.from_config({k: teacher[k] for k in keys if k in teacher})
+        model = ControlNetModel.from_config({k: teacher[k] for k in keys if k in teacher}
+                                           | {"conditioning_channels": conditioning_channels})
     assert not list(model.buffers())
     return randomize_(model.to_empty(device="cpu"), seed)
 

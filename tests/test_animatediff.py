@@ -7,8 +7,9 @@ block, at that block's width, and nowhere else; the modules of removed blocks ne
 through a sliding context window sample to finite frames that differ from the run without
 AnimateDiff; on an SD-1.5 MODEL the same motion model still places all of its modules as
 AnimateDiff-Evolved alone does; an AnimateDiff-Evolved that does not take the pack's walk stops
-with the pack's error. Advanced-ControlNet's ControlNet control, what AnimateDiff workflows steer
-frames with, reaches BK-SDM as the stock node's does.
+with the pack's error. A motion LoRA and per-block effect and scale act on the motion modules they
+name by SD's numbers, wherever those run. Advanced-ControlNet's ControlNet and SparseCtrl control,
+what AnimateDiff workflows steer frames with, reach BK-SDM's skips as the stock node's does.
 """
 
 import functools
@@ -20,8 +21,16 @@ from test_positional_packs import _cond
 from test_teacher_addressing import bk_model, unet_blocks
 
 from bksdm.errors import UnsupportedModelError
+from bksdm.layout.block_map import keeps_middle_residual, skip_alignment
+from bksdm.layout.controlnet import DEFAULT_ALIGNMENT
 from bksdm.layout.motion_modules import motion_module_homes
-from random_models.motion_modules import KINDS, write_motion_module
+from random_models.motion_modules import (
+    KINDS,
+    motion_lora_prefix,
+    sparsectrl_motion_tensors,
+    write_motion_lora,
+    write_motion_module,
+)
 
 pytestmark = pytest.mark.host
 V1_LAYOUTS = ["v1_bk_base", "v1_bk_small", "v1_bk_tiny"]
@@ -39,6 +48,8 @@ def motion_files(host, thirdparty, model_folder):
         names = {}
         for seed, kind in enumerate(KINDS):
             names[kind] = write_motion_module(root / f"random-{kind}.safetensors", kind, seed=30 + seed).name
+        names["animatelcm-i2v"] = write_motion_module(root / "random-animatelcm-i2v.safetensors", "animatelcm",
+                                                      seed=35, image_encoder=True).name
         folder_paths.add_model_folder_path("animatediff_models", str(root))
         yield names
 
@@ -85,10 +96,15 @@ def _runs(animated, animatediff) -> tuple[dict, torch.Tensor]:
     return runs, frames
 
 
-def _animate(host, model, motion, context: bool = True):
+def _animate(host, model, motion, context: bool = True, **applied):
     """A MODEL with a loaded motion model applied, as Apply AnimateDiff Model and Use Evolved
-    Sampling give it; with a sliding context window or not."""
-    (m_models,) = host.call("ADE_ApplyAnimateDiffModelSimple", motion_model=motion)
+    Sampling give it; with a sliding context window or not; ``applied``: the advanced Apply node's
+    options (motion LoRA, per block)."""
+    if applied:
+        (m_models,) = host.call("ADE_ApplyAnimateDiffModel", motion_model=motion, start_percent=0.0,
+                                end_percent=1.0, **applied)
+    else:
+        (m_models,) = host.call("ADE_ApplyAnimateDiffModelSimple", motion_model=motion)
     options = {}
     if context:
         (options["context_options"],) = host.call("ADE_StandardUniformContextOptions", context_length=CONTEXT,
@@ -102,12 +118,12 @@ def _gen2(host, model, motion_file, context: bool = True):
     return _animate(host, model, motion, context), motion.model
 
 
-def _sample(model, seed=3):
+def _sample(model, seed=3, positive=None, negative=None):
     import nodes
 
-    cond = [[torch.randn(1, 77, 768, generator=torch.Generator().manual_seed(2)), {}]]
     latent = {"samples": torch.zeros(FRAMES, 4, 8, 8)}
-    return nodes.common_ksampler(model, seed, 1, 5.0, "euler", "normal", cond, cond, latent)[0]["samples"]
+    return nodes.common_ksampler(model, seed, 1, 5.0, "euler", "normal", positive or _cond(), negative or _cond(),
+                                 latent)[0]["samples"]
 
 
 def _expected(spec, animatediff) -> dict:
@@ -206,23 +222,125 @@ def test_a_module_out_of_its_block_stops_the_run(motion_files, models, host, pac
     assert "('input', 2)" in raised.value.found
 
 
+@pytest.mark.parametrize("name", [*V1_LAYOUTS, "sd15"])
+def test_animatelcm_i2v_stops_before_sampling_where_its_image_would_be_ignored(name, motion_files, models, host):
+    """AnimateLCM-I2V's reference image enters through the encoder's second module of each level,
+    whose SD blocks BK-SDM removed: the pack's error before sampling, where AnimateDiff-Evolved
+    would sample with the image silently ignored. On SD-1.5 the same graph samples."""
+    model, _ = models(name)
+    (motion, _) = host.call("ADE_LoadAnimateLCMI2VModel", model_name=motion_files["animatelcm-i2v"])
+    (m_models,) = host.call("ADE_ApplyAnimateLCMI2VModel", motion_model=motion,
+                            ref_latent={"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(6))},
+                            ref_drift=0.0, apply_ref_when_disabled=False, start_percent=0.0, end_percent=1.0)
+    (animated,) = host.call("ADE_UseEvolvedSampling", model=model, beta_schedule="autoselect", m_models=m_models)
+    if name == "sd15":
+        assert torch.isfinite(_sample(animated)).all()
+        return
+    with pytest.raises(UnsupportedModelError) as raised:
+        _sample(animated)
+    assert "AnimateLCM-I2V" in raised.value.found and "down 0.1, down 1.1, down 2.1" in raised.value.found
+    assert "SD-1.5" in raised.value.fix
+
+
 @pytest.fixture(scope="module")
-def controlnet_file(host, model_folder):
-    """A random SD-1.5 ControlNet file where both ControlNet loaders look."""
+def motion_lora(motion_files, model_folder):
+    """A random motion LoRA for the v2 file, where AnimateDiff-Evolved looks for motion LoRAs."""
     import folder_paths
+
+    with model_folder("animatediff_motion_lora") as root:
+        write_motion_lora(root / "random-motion-lora.safetensors", "v2", rank=8, seed=40)
+        folder_paths.add_model_folder_path("animatediff_motion_lora", str(root))
+        yield "random-motion-lora.safetensors"
+
+
+@torch.no_grad()
+def _merge_motion_lora(motion_model, lora_path, strength):
+    """The motion model with the LoRA added into its weights, as the LoRA's names say."""
+    from safetensors.torch import load_file
+
+    lora = load_file(lora_path)
+    for name, weight in motion_model.state_dict().items():
+        if (prefix := motion_lora_prefix(name)) is not None:
+            up, down = lora[f"{prefix}.up.weight"].float(), lora[f"{prefix}.down.weight"].float()
+            weight += strength * (up @ down)
+
+
+def test_a_motion_lora_acts_on_the_motion_modules_it_names(motion_files, motion_lora, models, host):
+    """A motion LoRA through AnimateDiff-Evolved's loader, on BK-Tiny: the frames of the motion
+    model merged with it by hand, with every module still in its teacher block."""
+    import folder_paths
+
+    model, spec = models("v1_bk_tiny")
+    strength = 0.8
+    (loras,) = host.call("ADE_AnimateDiffLoRALoader", name=motion_lora, strength=strength)
+    (motion,) = host.call("ADE_LoadAnimateDiffModel", model_name=motion_files["v2"])
+    runs, frames = _runs(_animate(host, model, motion, motion_lora=loras), motion.model)
+    assert runs == _expected(spec, motion.model)
+
+    (merged,) = host.call("ADE_LoadAnimateDiffModel", model_name=motion_files["v2"])
+    without = _sample(_animate(host, model, merged))
+    _merge_motion_lora(merged.model, folder_paths.get_full_path("animatediff_motion_lora", motion_lora), strength)
+    torch.testing.assert_close(frames, _sample(_animate(host, model, merged)), rtol=0, atol=1e-4)
+    assert (frames - without).abs().max() > 1e-3  # the LoRA matters
+
+
+def test_per_block_effect_and_scale_reach_the_modules_they_name(motion_files, models, host):
+    """AnimateDiff-Evolved's per-block nodes address motion modules by SD-1.5's blocks: on BK-Tiny,
+    effect 0 leaves exactly the named modules' blocks as they were (the module returns its input)
+    and a scale reaches exactly the attention of the module named, wherever the init map put them.
+    Naming a module of a removed block (down 3) changes nothing that runs."""
+    model, spec = models("v1_bk_tiny")
+    homes = motion_module_homes(spec)
+    off, scaled, removed = ("down", 1, 0), ("up", 2, 2), ("down", 3, 0)
+    assert homes[off] is not None and homes[scaled] is not None and homes[removed] is None
+    (no_effect,) = host.call("ADE_ADBlockCombo", effect=0.0)
+    (twice,) = host.call("ADE_ADBlockCombo", scale=2.0)
+    (per_block,) = host.call("ADE_PerBlock_SD15_LowLevel", down_1__0=no_effect, up_2__2=twice, down_3__0=no_effect)
+    (motion,) = host.call("ADE_LoadAnimateDiffModel", model_name=motion_files["v2"])
+    animated = _animate(host, model, motion, per_block=per_block)
+
+    seen, handles = {}, []
+    for place, module in motion_modules(motion.model).items():
+        def record(module, args, output, place=place):
+            attentions = module.temporal_transformer.transformer_blocks[0].attention_blocks
+            unchanged = output is args[0] or torch.equal(output, args[0])
+            seen.setdefault(place, set()).add((unchanged, frozenset(attention.scale for attention in attentions)))
+        handles.append(module.register_forward_hook(record))
+    try:
+        _sample(animated)
+    finally:
+        for handle in handles:
+            handle.remove()
+    ran = {place for place, home in homes.items() if home is not None}
+    assert set(seen) == ran
+    assert {place for place, records in seen.items() if any(unchanged for unchanged, _ in records)} == {off}
+    assert all(len(records) == 1 for records in seen.values())  # every step, every window alike
+    assert {place for place, [(_, scales)] in seen.items() if scales != {1.0}} == {scaled}
+    assert seen[scaled] == {(False, frozenset({2.0}))}
+
+
+@pytest.fixture(scope="module")
+def control_files(host, model_folder):
+    """A random SD-1.5 ControlNet and a random T2I-Adapter, where both control loaders look."""
+    import folder_paths
+    from factories import random_t2i_adapter
     from safetensors.torch import save_file
 
     with model_folder("controlnet") as root:
-        state = {k: v.contiguous() for k, v in random_controlnet("sd1", seed=5).state_dict().items()}
-        save_file(state, str(root / "sd15-controlnet.safetensors"))
-        del state
+        names = {"controlnet": "sd15-controlnet.safetensors", "t2i-adapter": "sd15-t2i-adapter.safetensors"}
+        for kind, module in (("controlnet", random_controlnet("sd1", seed=5)), ("t2i-adapter", random_t2i_adapter())):
+            save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(root / names[kind]))
+            del module
         folder_paths.add_model_folder_path("controlnet", str(root))
-        yield "sd15-controlnet.safetensors"
+        yield names
 
 
+@pytest.mark.parametrize("kind", ["controlnet", "t2i-adapter"])
 @pytest.mark.parametrize("name", V1_LAYOUTS)
-def test_advanced_controlnet_control_lands_where_the_stock_nodes_does(name, controlnet_file, models, host,
+def test_advanced_controlnet_control_lands_where_the_stock_nodes_does(name, kind, control_files, models, host,
                                                                        thirdparty):
+    """Advanced-ControlNet's loader and Apply node with an SD-1.5 ControlNet or T2I-Adapter give the
+    stock nodes' sample: its control reaches the student's skips through the same translation."""
     import nodes
 
     thirdparty("ComfyUI-Advanced-ControlNet")
@@ -231,8 +349,8 @@ def test_advanced_controlnet_control_lands_where_the_stock_nodes_does(name, cont
     latent = {"samples": torch.zeros(2, 4, 8, 8)}
     applied = dict(positive=_cond(), negative=_cond(3), image=hint, strength=1.0, start_percent=0.0,
                    end_percent=1.0)
-    (stock,) = host.call("ControlNetLoader", control_net_name=controlnet_file)
-    (advanced,) = host.call("ACN_ControlNetLoaderAdvanced", cnet=controlnet_file)
+    (stock,) = host.call("ControlNetLoader", control_net_name=control_files[kind])
+    (advanced,) = host.call("ACN_ControlNetLoaderAdvanced", cnet=control_files[kind])
     samples = {}
     for label, node, control_net in (("stock", "ControlNetApplyAdvanced", stock),
                                      ("advanced", "ACN_AdvancedControlNetApply_v2", advanced)):
@@ -242,3 +360,72 @@ def test_advanced_controlnet_control_lands_where_the_stock_nodes_does(name, cont
     plain = nodes.common_ksampler(model, 4, 1, 5.0, "euler", "normal", _cond(), _cond(3), latent)[0]["samples"]
     assert (samples["stock"] - plain).abs().max() > 1e-2  # the control does something...
     torch.testing.assert_close(samples["advanced"], samples["stock"], rtol=0, atol=1e-5)  # ...the same through both
+
+
+@pytest.fixture(scope="module")
+def sparsectrl_file(host, model_folder):
+    """A random SparseCtrl file of the sketch model's layout (an SD-1.5 ControlNet taking an image and
+    its mask, with the encoder's motion modules), where Advanced-ControlNet's loader looks."""
+    import folder_paths
+    from safetensors.torch import save_file
+
+    with model_folder("controlnet") as root:
+        controlnet = random_controlnet("sd1", seed=11, conditioning_channels=4)
+        state = {k: v.half() for k, v in controlnet.state_dict().items()}
+        save_file(state | sparsectrl_motion_tensors(seed=12), str(root / "sd15-sparsectrl.safetensors"))
+        del state, controlnet
+        folder_paths.add_model_folder_path("controlnet", str(root))
+        yield "sd15-sparsectrl.safetensors"
+
+
+def _controls_around_translation(model):
+    """A copy of ``model`` that records, per U-Net call, the control that reaches it (in SD's
+    skips, as the control nodes make it) and the control its blocks receive after the pack's
+    translation (a DIFFUSION_MODEL wrapper inside the pack's); and the two lists."""
+    import comfy.patcher_extension
+
+    arriving, received = [], []
+
+    def before(module, args, kwargs):
+        arriving.append({kind: list(kwargs["control"][kind]) for kind in ("output", "middle")})
+
+    def after(executor, x, timesteps=None, context=None, y=None, control=None, transformer_options=None, **kwargs):
+        received.append({kind: list(control[kind]) for kind in ("output", "middle")})
+        return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
+
+    recorded = model.clone()
+    recorded.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "test-record", after)
+    return recorded, before, arriving, received
+
+
+@pytest.mark.parametrize("name", V1_LAYOUTS)
+def test_sparsectrl_control_lands_on_the_skips_of_the_stock_controls(name, sparsectrl_file, motion_files, models,
+                                                                     host, thirdparty):
+    """Advanced-ControlNet's SparseCtrl (two keyframe hints spread over 16 frames, its own motion
+    modules on) with AnimateDiff in a sliding context on BK-SDM: the residuals its SD-1.5 ControlNet
+    makes for SD's 12 skips reach the student's skips the init map gives a ControlNet's (the same
+    tensors, by identity), the middle residual where BK-SDM keeps one; the frames change."""
+    thirdparty("ComfyUI-Advanced-ControlNet")
+    model, spec = models(name)
+    (sparsectrl,) = host.call("ACN_SparseCtrlLoaderAdvanced", sparsectrl_name=sparsectrl_file, use_motion=True,
+                              motion_strength=1.0, motion_scale=1.0)
+    hints = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(9))
+    positive, negative = host.call("ACN_AdvancedControlNetApply_v2", positive=_cond(), negative=_cond(3),
+                                   control_net=sparsectrl, image=hints, strength=1.0, start_percent=0.0,
+                                   end_percent=1.0)[:2]
+    animated, _ = _gen2(host, model, motion_files["v1"])
+    recorded, before, arriving, received = _controls_around_translation(animated)
+    handle = recorded.model.diffusion_model.register_forward_pre_hook(before, with_kwargs=True)
+    try:
+        frames = _sample(recorded, positive=positive, negative=negative)
+    finally:
+        handle.remove()
+
+    assert len(arriving) == len(received) > 0
+    skips = skip_alignment(spec, DEFAULT_ALIGNMENT)
+    for teacher, student in zip(arriving, received, strict=True):
+        assert len(teacher["output"]) == 12 and len(teacher["middle"]) == 1
+        assert all(got is teacher["output"][i] for got, i in zip(student["output"], skips, strict=True))
+        assert [id(t) for t in student["middle"]] == [id(t) for t in teacher["middle"] if keeps_middle_residual(spec)]
+    assert torch.isfinite(frames).all()
+    assert (frames - _sample(animated, negative=_cond(3))).abs().max() > 1e-2  # the control does something
