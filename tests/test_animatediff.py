@@ -12,6 +12,7 @@ name by SD's numbers, wherever those run. Advanced-ControlNet's ControlNet and S
 what AnimateDiff workflows steer frames with, reach BK-SDM's skips as the stock node's does.
 """
 
+import contextlib
 import functools
 
 import pytest
@@ -378,10 +379,11 @@ def sparsectrl_file(host, model_folder):
         yield "sd15-sparsectrl.safetensors"
 
 
+@contextlib.contextmanager
 def _controls_around_translation(model):
-    """A copy of ``model`` that records, per U-Net call, the control that reaches it (in SD's
+    """A copy of ``model`` that records, per U-Net call, the control that reaches the U-Net (in SD's
     skips, as the control nodes make it) and the control its blocks receive after the pack's
-    translation (a DIFFUSION_MODEL wrapper inside the pack's); and the two lists."""
+    translation (by a DIFFUSION_MODEL wrapper inside the pack's); with the two lists."""
     import comfy.patcher_extension
 
     arriving, received = [], []
@@ -395,7 +397,11 @@ def _controls_around_translation(model):
 
     recorded = model.clone()
     recorded.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "test-record", after)
-    return recorded, before, arriving, received
+    handle = recorded.model.diffusion_model.register_forward_pre_hook(before, with_kwargs=True)
+    try:
+        yield recorded, arriving, received
+    finally:
+        handle.remove()
 
 
 @pytest.mark.parametrize("name", V1_LAYOUTS)
@@ -414,12 +420,8 @@ def test_sparsectrl_control_lands_on_the_skips_of_the_stock_controls(name, spars
                                    control_net=sparsectrl, image=hints, strength=1.0, start_percent=0.0,
                                    end_percent=1.0)[:2]
     animated, _ = _gen2(host, model, motion_files["v1"])
-    recorded, before, arriving, received = _controls_around_translation(animated)
-    handle = recorded.model.diffusion_model.register_forward_pre_hook(before, with_kwargs=True)
-    try:
+    with _controls_around_translation(animated) as (recorded, arriving, received):
         frames = _sample(recorded, positive=positive, negative=negative)
-    finally:
-        handle.remove()
 
     assert len(arriving) == len(received) > 0
     skips = skip_alignment(spec, DEFAULT_ALIGNMENT)
