@@ -76,13 +76,17 @@ def test_the_merge_node_moves_each_sd_tensor_to_the_tensor_initialised_from_it(n
     assert f"{len(before)} tensors moved to the blocks initialised from theirs, {dropped} dropped" in caplog.text
 
 
-def _sample(model, family, size=16):
+def _cond(family):
+    width = {"sd1": 768, "sd2": 1024}[family]
+    return [[torch.randn(1, 77, width, generator=torch.Generator().manual_seed(2)), {}]]
+
+
+def _sample(model, family, size=16, positive=None, negative=None):
     import nodes
 
-    width = {"sd1": 768, "sd2": 1024}[family]
-    cond = [[torch.randn(1, 77, width, generator=torch.Generator().manual_seed(2)), {}]]
     latent = {"samples": torch.zeros(1, 4, size, size)}
-    return nodes.common_ksampler(model, 1, 1, 5.0, "euler", "normal", cond, cond, latent)[0]["samples"]
+    return nodes.common_ksampler(model, 1, 1, 5.0, "euler", "normal", positive or _cond(family),
+                                 negative or _cond(family), latent)[0]["samples"]
 
 
 @pytest.mark.parametrize("name", LAYOUTS)
@@ -154,6 +158,7 @@ def diff_controlnet(teachers, model_folder, host):
             if base is not None:
                 tensors[name] = tensor - base
         save_file(tensors | {"difference": torch.zeros(1)}, str(root / "sd15-diff-controlnet.safetensors"))
+        del whole, sd, tensors  # the files hold them; the module's teachers are memory enough
         folder_paths.add_model_folder_path("controlnet", str(root))
         yield "sd15-controlnet.safetensors", "sd15-diff-controlnet.safetensors"
 
@@ -164,23 +169,18 @@ def test_a_diff_controlnet_loads_with_the_sd_model_it_was_made_from(name, diff_c
     BK-SDM MODEL, ComfyUI's loader fails on a tensor whose name BK-SDM gives another shape (the
     README's verdict and Troubleshooting row); given an SD-1.5 MODEL, the ControlNet it makes is the
     whole one and steers BK-SDM as the whole one does."""
-    import nodes
-
     whole_name, diff_name = diff_controlnet
     model, _ = bk_model(pack, name)
     with pytest.raises(RuntimeError, match="must match the size of tensor"):
         _node(host, "DiffControlNetLoader")().load_controlnet(model, diff_name)
     (from_diff,) = _node(host, "DiffControlNetLoader")().load_controlnet(teachers("sd1"), diff_name)
     (whole,) = _node(host, "ControlNetLoader")().load_controlnet(whole_name)
-    hint = torch.rand(1, 128, 128, 3, generator=torch.Generator().manual_seed(8))
-    cond = [[torch.randn(1, 77, 768, generator=torch.Generator().manual_seed(2)), {}]]
+    hint = torch.rand(1, 128, 128, 3, generator=torch.Generator().manual_seed(8))  # the size _sample's latent asks
     samples = []
     for control_net in (from_diff, whole):
         positive, negative = _node(host, "ControlNetApplyAdvanced")().apply_controlnet(
-            cond, cond, control_net, hint, 1.0, 0.0, 1.0)
-        latent = {"samples": torch.zeros(1, 4, 16, 16)}
-        samples.append(nodes.common_ksampler(model, 1, 1, 5.0, "euler", "normal", positive, negative,
-                                             latent)[0]["samples"])
+            _cond("sd1"), _cond("sd1"), control_net, hint, 1.0, 0.0, 1.0)
+        samples.append(_sample(model, "sd1", positive=positive, negative=negative))
     assert (samples[1] - _sample(model, "sd1")).abs().max() > 1e-2  # the control does something...
     # ...the same from either file, but for the rounding of (whole - SD) + SD in fp32, where the random
     # ControlNet's tensors are small beside the SD ones (2.2e-4 at most, measured)
