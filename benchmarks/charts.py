@@ -24,18 +24,33 @@ def label(value: float) -> str:
     return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
 
 
+def legend_places(names: Sequence[str]) -> list[tuple[float, int]]:
+    """Where each legend entry starts: its x and its line, entries in reading order, each as wide as its
+    name (a long one never runs into the next), wrapping to a new line where the width ends."""
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    places, x, line = [], MARGIN, 0
+    for name in names:
+        width = 28 + measure.textlength(name, font=font(18)) + 32  # swatch, name, space before the next
+        if x > MARGIN and x + width > WIDTH - MARGIN:
+            x, line = MARGIN, line + 1
+        places.append((x, line))
+        x += width
+    return places
+
+
 def bar_chart(title: str, unit: str, groups: Sequence[str], series: Sequence[str],
               values: dict[tuple[str, str], float], note: str = "") -> Image.Image:
     """Horizontal bars: for each group (a row label), one bar per series that has a value."""
     shown = [s for s in series if any((g, s) in values for g in groups)]
     rows = [[(s, values[g, s]) for s in shown if (g, s) in values] for g in groups]
-    top = MARGIN + 40 + 30 * ((len(shown) + 2) // 3) + 16
+    places = legend_places(shown)
+    top = MARGIN + 40 + 30 * (max((line for _, line in places), default=0) + 1) + 16
     height = top + sum(len(r) * BAR + GAP for r in rows) + MARGIN + (24 if note else 0)
     image = Image.new("RGB", (WIDTH, height), BACKGROUND)
     draw = ImageDraw.Draw(image)
     draw.text((MARGIN, MARGIN - 8), title, font=font(26), fill=TEXT)
-    for i, name in enumerate(shown):  # the legend, three to a line
-        x, y = MARGIN + (i % 3) * 370, MARGIN + 40 + 30 * (i // 3)
+    for name, (x, line) in zip(shown, places, strict=True):
+        y = MARGIN + 40 + 30 * line
         draw.rectangle((x, y + 4, x + 18, y + 22), fill=COLOURS[series.index(name) % len(COLOURS)])
         draw.text((x + 28, y + 2), name, font=font(18), fill=TEXT)
     label_width = max(draw.textlength(g, font=font(20)) for g in groups) + 24  # the group names' column

@@ -181,3 +181,24 @@ def test_animatediff_benchmark_smoke_times_an_animation_through_animatediff_evol
     native = "bfloat16" if pack_import.pack_module("nodes.cpu").cpu_has_native_bf16() else "float32"
     assert row["dtype"] == native  # the loader's default, which the motion modules follow
     assert re.search(r"^\| sd1-tiny +\| " + native + r" +\| 4 +\|", run.stdout, re.M), run.stdout
+
+
+def test_chart_legend_entries_never_run_into_each_other():
+    """Each legend entry is as wide as its name: the next one on its line starts past it, a line never
+    runs past the picture's edge, and entries that do not fit wrap to the next line."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import charts
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    from PIL import Image, ImageDraw
+
+    names = ["pack in ComfyUI fp32", "pack in ComfyUI, ComfyUI's attention fp32", "diffusers fp32",
+             "pack in ComfyUI, ComfyUI's attention bf16", "diffusers bf16"]
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    ends = [28 + measure.textlength(name, font=charts.font(18)) for name in names]  # swatch and name
+    places = charts.legend_places(names)
+    for (x, line), end, (next_x, next_line) in zip(places, ends, places[1:], strict=False):
+        assert next_line > line or next_x > x + end
+    assert all(x + end <= charts.WIDTH - charts.MARGIN for (x, _), end in zip(places, ends, strict=True))
+    assert places[0] == (charts.MARGIN, 0) and places[-1][1] >= 1
