@@ -13,6 +13,7 @@ WIDTH = 1200
 BAR, GAP, MARGIN = 26, 22, 40
 COLOURS = ("#3b6fd8", "#f2a93b", "#46a86b", "#c2534f", "#8a63c9", "#5a9fb0", "#9a9a9a", "#d47fb8")
 BACKGROUND, TEXT, MUTED_TEXT, RULE = "#ffffff", "#1d1d24", "#5c5f6b", "#e3e4ea"
+SWATCH = 28  # a legend entry's colour square and the gap before its name
 
 
 def font(size: int) -> ImageFont.FreeTypeFont:
@@ -30,7 +31,7 @@ def legend_places(names: Sequence[str]) -> list[tuple[float, int]]:
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     places, x, line = [], MARGIN, 0
     for name in names:
-        width = 28 + measure.textlength(name, font=font(18)) + 32  # swatch, name, space before the next
+        width = SWATCH + measure.textlength(name, font=font(18)) + 32  # and the space before the next
         if x > MARGIN and x + width > WIDTH - MARGIN:
             x, line = MARGIN, line + 1
         places.append((x, line))
@@ -52,7 +53,7 @@ def bar_chart(title: str, unit: str, groups: Sequence[str], series: Sequence[str
     for name, (x, line) in zip(shown, places, strict=True):
         y = MARGIN + 40 + 30 * line
         draw.rectangle((x, y + 4, x + 18, y + 22), fill=COLOURS[series.index(name) % len(COLOURS)])
-        draw.text((x + 28, y + 2), name, font=font(18), fill=TEXT)
+        draw.text((x + SWATCH, y + 2), name, font=font(18), fill=TEXT)
     label_width = max(draw.textlength(g, font=font(20)) for g in groups) + 24  # the group names' column
     largest = max((v for r in rows for _, v in r), default=1.0) or 1.0
     scale = (WIDTH - MARGIN * 2 - label_width - 110) / largest

@@ -196,7 +196,7 @@ def test_chart_legend_entries_never_run_into_each_other():
     names = ["pack in ComfyUI fp32", "pack in ComfyUI, ComfyUI's attention fp32", "diffusers fp32",
              "pack in ComfyUI, ComfyUI's attention bf16", "diffusers bf16"]
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    ends = [28 + measure.textlength(name, font=charts.font(18)) for name in names]  # swatch and name
+    ends = [charts.SWATCH + measure.textlength(name, font=charts.font(18)) for name in names]
     places = charts.legend_places(names)
     for (x, line), end, (next_x, next_line) in zip(places, ends, places[1:], strict=False):
         assert next_line > line or next_x > x + end
